@@ -1,0 +1,93 @@
+"""The `cai` console script. Every failure is one line on stderr and a non-zero exit.
+
+Subcommands import their module lazily so `cai score` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import CaiError
+
+
+def _cmd_run(a):
+    from .driver import run_pipeline
+    return run_pipeline(profile=a.profile, run_id=a.run_id, stages=a.stages, strict=a.strict)
+
+
+def _cmd_score(a):
+    from .scoring import score_file
+    summary = score_file(a.responses, a.output)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_leakage(a):
+    from .leakage import leakage_cli
+    return leakage_cli(a.train, a.eval, a.report)
+
+
+def _cmd_stats(a):
+    from .stats import stats_files
+    print(json.dumps(stats_files(a.base, a.trained, field=a.field), indent=2))
+    return 0
+
+
+def _cmd_eval(a):
+    from .evaluate import eval_cli
+    return eval_cli(run_dir=a.run, items=a.items, out_dir=a.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cai", description="cai-stage1: Stage 1 bootstrap of a base model.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="execute the stage notebooks with papermill and render HTML")
+    r.add_argument("--profile", default="cpu-quick", help="profile name in notebooks/params or a YAML path")
+    r.add_argument("--run-id", default="", help="run directory name under $CAI_BASE_DIR/runs (default: new)")
+    r.add_argument("--stages", default="", help="comma list, e.g. 00,01 (default: all present)")
+    r.add_argument("--strict", action="store_true", help="exit 3 unless the gate verdict is PASS")
+    r.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("score", help="score response records (strict/loose/form)")
+    s.add_argument("responses")
+    s.add_argument("-o", "--output", default=None)
+    s.set_defaults(func=_cmd_score)
+
+    lk = sub.add_parser("leakage", help="check an eval set against a train set for leaks")
+    lk.add_argument("train")
+    lk.add_argument("eval")
+    lk.add_argument("--report", default=None)
+    lk.set_defaults(func=_cmd_leakage)
+
+    st = sub.add_parser("stats", help="paired statistics of base vs trained scored records")
+    st.add_argument("base")
+    st.add_argument("trained")
+    st.add_argument("--field", default="strict", choices=["strict", "loose", "form"])
+    st.set_defaults(func=_cmd_stats)
+
+    ev = sub.add_parser("eval", help="evaluate a run's base and trained model on any item file")
+    ev.add_argument("--run", required=True)
+    ev.add_argument("--items", required=True)
+    ev.add_argument("-o", "--output", default=None)
+    ev.set_defaults(func=_cmd_eval)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except CaiError as exc:
+        print(f"cai {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"cai {args.command}: interrupted — rerun the same command to resume", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
