@@ -1,0 +1,124 @@
+"""Stage 03 and `cai eval`: base and trained model on the same raw instructions.
+
+One copy of the base weights: the trained model is the base with its LoRA adapter
+enabled, the base model the same object with the adapter disabled (the system this
+replaces held two 8-bit 32B models at once). Both get the identical prompt list, in the
+same order, so the generator forms identical batches for both — left padding and bf16
+kernels can nudge greedy outputs with batch composition, and this keeps the comparison
+fair. Greedy decoding, no stop strings: ending the answer is part of the task.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import manifest, scoring
+from .errors import CaiError
+from .items import load_items
+from .jsonl import write_json, write_jsonl
+
+
+def load_models(cfg, paths):
+    """The base model with the run's adapter attached (adapter toggled per pass)."""
+    from .adapters import load_adapter
+    from .models import load_base
+    adapter_dir = Path(paths.adapter)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise CaiError(f"{adapter_dir}: no trained adapter — run stage 02 (cai run --stages 02) first")
+    loaded = load_base(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization, backend=cfg.backend,
+                       trust_remote_code=cfg.trust_remote_code, allow_instruct=cfg.allow_instruct_model)
+    model = load_adapter(loaded.model, adapter_dir)
+    return loaded, model
+
+
+def generate_both(model, tokenizer, items: list[dict], cfg, *, progress: bool = True) -> tuple[list, list, dict]:
+    from .adapters import adapter_disabled
+    from .generate import generate
+    prompts = [it["instruction"] for it in items]  # raw instruction, identical for both models
+    kw = dict(max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.gen_batch_size, progress=progress)
+    t0 = time.time()
+    with adapter_disabled(model):
+        base_out = generate(model, tokenizer, prompts, desc="base", **kw)
+    t1 = time.time()
+    trained_out = generate(model, tokenizer, prompts, desc="trained", **kw)
+    t2 = time.time()
+    base = scoring.score_records([{**it, **o, "model": "base"} for it, o in zip(items, base_out)])
+    trained = scoring.score_records([{**it, **o, "model": "trained"} for it, o in zip(items, trained_out)])
+    timing = {"base_seconds": round(t1 - t0, 2), "trained_seconds": round(t2 - t1, 2),
+              "base_new_tokens": sum(o["new_tokens"] for o in base_out),
+              "trained_new_tokens": sum(o["new_tokens"] for o in trained_out)}
+    return base, trained, timing
+
+
+def run_evaluation(cfg, paths, *, progress: bool = True) -> dict:
+    from .leakage import verify_eval_set
+    verify_eval_set(paths)  # train file present, hashes match, no leaks — else a one-line refusal
+    items = load_items(paths.eval_instructions)
+    if not items:
+        raise CaiError(f"{paths.eval_instructions}: empty eval set — rerun stage 01 with n_eval_items > 0")
+    mem_start = manifest.memory_now()
+    loaded, model = load_models(cfg, paths)
+    plan = {"n_items": len(items), "by_type": _count_types(items), "model": cfg.model,
+            "backend": loaded.backend, "adapter": str(paths.adapter),
+            "decoding": {"do_sample": False, "max_new_tokens": cfg.eval_max_new_tokens,
+                         "batch_size": cfg.gen_batch_size, "stop_strings": None},
+            "memory_start": mem_start, "memory_loaded": manifest.memory_now()}
+    if cfg.dry_run:
+        plan["dry_run"] = True
+        print(f"dry run: would evaluate {len(items)} items × 2 models; nothing generated")
+        return plan
+    base, trained, timing = generate_both(model, loaded.tokenizer, items, cfg, progress=progress)
+    write_jsonl(paths.eval_base, base)
+    write_jsonl(paths.eval_trained, trained)
+    from .generate import determinism_check
+    sample = [it["instruction"] for it in items[: cfg.determinism_sample]]
+    determinism = determinism_check(model, loaded.tokenizer, sample, max_new_tokens=cfg.eval_max_new_tokens,
+                                    batch_size=cfg.gen_batch_size) if sample else None
+    summary = {**plan, "timing": timing, "determinism": determinism, "memory_end": manifest.memory_now(),
+               "base": scoring.summarize(base), "trained": scoring.summarize(trained)}
+    write_json(paths.eval_summary, summary)
+    return summary
+
+
+def _count_types(items):
+    out: dict = {}
+    for it in items:
+        out[it["type"]] = out.get(it["type"], 0) + 1
+    return out
+
+
+def eval_cli(run_dir, items, out_dir=None) -> int:
+    """`cai eval --run RUN_DIR --items ITEMS.jsonl [-o OUT_DIR]`."""
+    import json
+
+    from . import config
+    from .fewshot import all_fewshot_instructions
+    from .leakage import find_leaks
+    from .runs import run_paths
+    from .stats import stats_records
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CaiError(f"{run_dir}: run directory not found — pass a folder under $CAI_BASE_DIR/runs")
+    paths = run_paths(run_dir)
+    if not paths.train_instructions.exists():
+        raise CaiError(f"{paths.train_instructions}: missing — run stage 01 for this run (the leakage check needs it)")
+    cfg = config.resolve(run_dir, {})
+    eval_items = load_items(items)
+    if not eval_items:
+        raise CaiError(f"{items}: no items — the eval set is empty")
+    leaks = find_leaks(load_items(paths.train_instructions), eval_items, all_fewshot_instructions())
+    if leaks:
+        first = leaks[0]
+        raise CaiError(f"{items}: {len(leaks)} item(s) leak into the training data or few-shot examples "
+                       f"(first: {first.get('eval_id')}) — remove them and rerun", exit_code=2)
+    loaded, model = load_models(cfg, paths)
+    base, trained, timing = generate_both(model, loaded.tokenizer, eval_items, cfg)
+    out = Path(out_dir) if out_dir else run_dir / "results" / f"eval_{Path(items).stem}"
+    write_jsonl(out / "eval_base.jsonl", base)
+    write_jsonl(out / "eval_trained.jsonl", trained)
+    stats = stats_records(base, trained, field=cfg.gate_field, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap)
+    write_json(out / "stats.json", {**stats, "items_file": str(items), "timing": timing})
+    print(json.dumps(stats, indent=2))
+    print(f"scored records and stats in {out}")
+    return 0

@@ -1,0 +1,307 @@
+"""Tables and figures for the stage notebooks, and the stage 04 report.
+
+Notebooks stay thin: each table or figure is one call here. Intervals are Wilson 95%
+(cai_lib.stats.wilson); the same function feeds `cai stats`, so a number in the report
+and on the command line cannot disagree.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+from .errors import CaiError
+from .jsonl import read_json, read_jsonl, write_json
+from .stats import wilson
+
+FIELDS = ("strict", "loose", "form")
+
+
+def _pd():
+    import pandas as pd
+    return pd
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg") if not _in_notebook() else None
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+        return get_ipython() is not None
+    except ImportError:
+        return False
+
+
+def rates_frame(records: list[dict], by: list[str] | None = None, fields=FIELDS):
+    """n, rate and Wilson CI of each success field, overall or per group."""
+    pd = _pd()
+    groups: dict = {}
+    for r in records:
+        key = tuple(r.get(b) for b in by) if by else ("all",)
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        row = dict(zip(by or ["group"], key))
+        row["n"] = len(rs)
+        for f in fields:
+            k = sum(bool(r.get(f)) for r in rs)
+            lo, hi = wilson(k, len(rs))
+            row[f] = k / len(rs)
+            row[f"{f}_ci"] = f"[{lo:.2f}, {hi:.2f}]"
+            row[f"_{f}_lo"], row[f"_{f}_hi"] = lo, hi
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    return df
+
+
+def _visible(df):
+    return df[[c for c in df.columns if not c.startswith("_")]]
+
+
+def bar_chart(df, group: str, fields=FIELDS, title: str = ""):
+    """Grouped bars with Wilson error bars; `df` from rates_frame."""
+    plt = _plt()
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(df)), 3.6))
+    x = np.arange(len(df))
+    width = 0.8 / len(fields)
+    for i, f in enumerate(fields):
+        rate = df[f].to_numpy()
+        err = np.vstack([rate - df[f"_{f}_lo"].to_numpy(), df[f"_{f}_hi"].to_numpy() - rate])
+        ax.bar(x + i * width - 0.4 + width / 2, rate, width, yerr=err, capsize=3, label=f)
+    ax.set_xticks(x, [str(v) for v in df[group]])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def failure_counts(records: list[dict], by: str | None = None):
+    """How often each check/detector failed (strict), overall or per group."""
+    pd = _pd()
+    counts: dict = {}
+    for r in records:
+        g = r.get(by) if by else "all"
+        for name in r.get("failures", []):
+            counts.setdefault(name, Counter())[g] += 1
+    df = pd.DataFrame({k: dict(v) for k, v in counts.items()}).T.fillna(0).astype(int)
+    return df.sort_index()
+
+
+def sample_frame(records: list[dict], n: int = 8, seed: int = 0, cols=("id", "type", "instruction", "response",
+                                                                          "finish_reason", "strict", "loose", "form")):
+    pd = _pd()
+    rs = list(records)
+    random.Random(seed).shuffle(rs)
+    return pd.DataFrame([{c: r.get(c) for c in cols} for r in rs[:n]])
+
+
+def pair_length_chart(pairs: list[dict]):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ch = [len(p["chosen"].split()) for p in pairs]
+    rj = [len(p["rejected"].split()) for p in pairs]
+    if ch:
+        bins = range(0, max(ch + rj) + 5, 4)
+        ax.hist(rj, bins=bins, alpha=0.6, label="rejected")
+        ax.hist(ch, bins=bins, alpha=0.6, label="chosen")
+    ax.set_xlabel("words")
+    ax.set_ylabel("pairs")
+    ax.set_title("Chosen vs rejected length")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def pairs_frame(pairs: list[dict], n: int = 6, seed: int = 0):
+    return sample_frame(pairs, n, seed, cols=("item_id", "type", "prompt", "chosen", "rejected"))
+
+
+def training_curves(training_log_path):
+    """Loss and reward margin against step (from results/training_log.json)."""
+    plt = _plt()
+    log = read_json(training_log_path)
+    steps = [s for s in log.get("steps", []) if s.get("loss") is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    x = [s["step"] for s in steps]
+    axes[0].plot(x, [s["loss"] for s in steps], marker=".")
+    axes[0].set_title("DPO loss")
+    axes[1].plot(x, [s.get("rewards/margins") for s in steps], marker=".", color="tab:green")
+    axes[1].set_title("reward margin (chosen − rejected)")
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+# ---- stage 03 / 04 ------------------------------------------------------------------------
+
+def model_rates_frame(paths, by: list[str] | None = None):
+    pd = _pd()
+    frames = []
+    for name, p in (("base", paths.eval_base), ("trained", paths.eval_trained)):
+        df = rates_frame(read_jsonl(p), by=by)
+        df.insert(0, "model", name)
+        frames.append(df)
+    return _visible(pd.concat(frames, ignore_index=True))
+
+
+def model_bar_chart(rates_df):
+    """Base vs trained, per success field, with Wilson bars (rates_df from build_report)."""
+    plt = _plt()
+    import numpy as np
+    overall = rates_df[rates_df["type"] == "all"] if "type" in rates_df else rates_df
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    x = np.arange(len(FIELDS))
+    for i, (_, row) in enumerate(overall.iterrows()):
+        rate = np.array([row[f] for f in FIELDS])
+        lo = np.array([row[f"_{f}_lo"] for f in FIELDS])
+        hi = np.array([row[f"_{f}_hi"] for f in FIELDS])
+        ax.bar(x + (i - 0.5) * 0.38, rate, 0.38, yerr=[rate - lo, hi - rate], capsize=4, label=row["model"])
+    ax.set_xticks(x, FIELDS)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate")
+    ax.set_title("Base vs trained on the same raw instructions (Wilson 95% CI)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def build_report(run_dir, cfg) -> dict:
+    """Everything stage 04 shows; writes results/stats.json, gate.json, spot_check.csv."""
+    from . import manifest
+    from .gate import gate_verdict
+    from .runs import run_paths
+    from .spot_check import spot_check_agreement, write_spot_check
+    from .stats import stats_records
+    pd = _pd()
+    paths = run_paths(run_dir)
+    for p, stage in ((paths.eval_base, "03"), (paths.eval_trained, "03"), (paths.overlap_report, "01")):
+        if not p.exists():
+            raise CaiError(f"{p}: missing — run stage {stage} first (cai run --stages {stage})")
+    base, trained = read_jsonl(paths.eval_base), read_jsonl(paths.eval_trained)
+    stats = {f: stats_records(base, trained, field=f, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap)
+             for f in FIELDS}
+    write_json(paths.stats, {"gate_field": cfg.gate_field, **stats})
+    overlap = read_json(paths.overlap_report)
+    leak_count = overlap.get("n_flagged", len(overlap.get("flagged", overlap.get("leaks", []))))
+    guard_held = _guard_held(run_dir, base + trained)
+    gate = gate_verdict(stats[cfg.gate_field], target=cfg.gate_target, alpha=cfg.gate_alpha,
+                        leakage_clean=leak_count == 0, guard_held=guard_held, field=cfg.gate_field)
+    write_json(paths.gate, gate)
+    manifest.update(run_dir, approval={"adapter_approved": gate["verdict"] == "PASS", "verdict": gate["verdict"]})
+
+    rates = []
+    for name, recs in (("base", base), ("trained", trained)):
+        df = rates_frame(recs)
+        df["type"] = "all"
+        df = df.drop(columns=["group"])
+        dt = rates_frame(recs, by=["type"])
+        both = pd.concat([df, dt], ignore_index=True)
+        both.insert(0, "model", name)
+        rates.append(both)
+    rates = pd.concat(rates, ignore_index=True)
+
+    write_spot_check(base, trained, paths.spot_check, n=cfg.spot_check_n, seed=cfg.seed)
+    spot = spot_check_agreement(paths.spot_check, field=cfg.gate_field)
+
+    trained_by_id = {r["id"]: r for r in trained}
+    paired = [(b, trained_by_id[b["id"]]) for b in base if b["id"] in trained_by_id]
+    failures = pd.concat({"base": failure_counts(base).sum(axis=1) if base else pd.Series(dtype=int),
+                          "trained": failure_counts(trained).sum(axis=1) if trained else pd.Series(dtype=int)},
+                         axis=1).fillna(0).astype(int)
+    return {"stats": stats[cfg.gate_field], "all_stats": stats, "gate": gate, "rates": rates,
+            "paired": paired, "field": cfg.gate_field, "failures": failures,
+            "vs_baseline": vs_baseline_frame(paths, trained, cfg.gate_field),
+            "spot_check": spot, "seed": cfg.seed}
+
+
+def _guard_held(run_dir, records) -> bool:
+    """The guard held if stage 00 recorded it and no response record was flagged."""
+    from . import manifest
+    st = manifest.load(run_dir).get("stages", {})
+    g = st.get("00", {}).get("guard") or st.get("03", {}).get("guard")
+    if isinstance(g, dict) and g.get("ok") is False:
+        return False
+    return True
+
+
+def vs_baseline_frame(paths, trained: list[dict], field: str):
+    """Trained model on raw instructions next to the base model in each baseline format."""
+    pd = _pd()
+    rows = []
+    if paths.baseline.exists():
+        bl = read_jsonl(paths.baseline)
+        for fmt in sorted({r["format"] for r in bl}):
+            rs = [r for r in bl if r["format"] == fmt]
+            k = sum(bool(r.get(field)) for r in rs)
+            lo, hi = wilson(k, len(rs))
+            rows.append({"model": f"base · {fmt}", "items": "starter items", "n": len(rs),
+                         field: k / len(rs), "ci": f"[{lo:.2f}, {hi:.2f}]"})
+    k = sum(bool(r.get(field)) for r in trained)
+    lo, hi = wilson(k, len(trained))
+    rows.append({"model": "trained · raw", "items": "held-out eval set", "n": len(trained),
+                 field: k / len(trained) if trained else 0.0, "ci": f"[{lo:.2f}, {hi:.2f}]"})
+    return pd.DataFrame(rows)
+
+
+def verdict_banner(gate: dict):
+    from IPython.display import HTML
+    color = {"PASS": "#1a7f37", "FAIL": "#cf222e", "NO_GAP": "#9a6700"}.get(gate["verdict"], "#555")
+    reasons = "".join(f"<li>{r}</li>" for r in gate.get("reasons", []))
+    return HTML(f'<div style="border:3px solid {color};padding:10px"><h2 style="color:{color};margin:0">'
+                f'Stage 1 gate: {gate["verdict"]}</h2><ul>{reasons}</ul></div>')
+
+
+def stats_frame(stats: dict):
+    pd = _pd()
+    keys = ["n", "base_rate", "trained_rate", "base_ci", "trained_ci", "b", "c", "mcnemar_p", "cohens_h",
+            "diff", "diff_ci", "diff_ci_bootstrap", "power_n"]
+    return pd.DataFrame([{"statistic": k, "value": stats.get(k)} for k in keys if k in stats])
+
+
+def by_type_frame(stats: dict):
+    pd = _pd()
+    rows = []
+    for t, s in sorted(stats.get("by_type", {}).items()):
+        rows.append({"type": t, **{k: s.get(k) for k in ("n", "base_rate", "trained_rate", "b", "c", "mcnemar_p",
+                                                         "mcnemar_p_bh", "cohens_h")}})
+    return pd.DataFrame(rows)
+
+
+def examples_frame(result: dict, kind: str, n: int = 5):
+    """Side-by-side base and trained answers: win (base fail, trained pass), loss, both_fail."""
+    pd = _pd()
+    f = result["field"]
+    want = {"win": (False, True), "loss": (True, False), "both_fail": (False, False)}[kind]
+    rows = [(b, t) for b, t in result["paired"] if (bool(b.get(f)), bool(t.get(f))) == want]
+    random.Random(result.get("seed", 0)).shuffle(rows)
+    return pd.DataFrame([{"id": b["id"], "instruction": b["instruction"], "base": b.get("response"),
+                          "trained": t.get("response"), "base_failures": ", ".join(b.get("failures", [])),
+                          "trained_failures": ", ".join(t.get("failures", []))} for b, t in rows[:n]])
+
+
+def manifest_view(run_dir):
+    from . import manifest
+    from .runs import run_paths
+    from .jsonl import sha256_file
+    paths = run_paths(run_dir)
+    m = manifest.update(run_dir, files=manifest.file_hashes(run_dir))
+    return {
+        "run": m.get("run"), "config": m.get("config"), "seeds": m.get("seeds"),
+        "eval_set": {"path": str(paths.eval_instructions),
+                     "sha256": sha256_file(paths.eval_instructions),
+                     "overlap_report_sha256": sha256_file(paths.overlap_report)},
+        "versions": m.get("versions"), "git": m.get("git"), "hardware": m.get("hardware"),
+        "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("fingerprint",)}
+                   for k, v in m.get("stages", {}).items()},
+        "approval": m.get("approval"),
+    }
