@@ -117,7 +117,8 @@ def eval_cli(run_dir, items, out_dir=None) -> int:
     out = Path(out_dir) if out_dir else run_dir / "results" / f"eval_{Path(items).stem}"
     write_jsonl(out / "eval_base.jsonl", base)
     write_jsonl(out / "eval_trained.jsonl", trained)
-    stats = stats_records(base, trained, field=cfg.gate_field, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap)
+    stats = stats_records(base, trained, field=cfg.gate_field, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap,
+                          alpha=cfg.gate_alpha)
     write_json(out / "stats.json", {**stats, "items_file": str(items), "timing": timing})
     print(json.dumps(stats, indent=2))
     print(f"scored records and stats in {out}")

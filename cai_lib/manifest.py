@@ -124,3 +124,21 @@ def snapshot(run_dir, config: dict) -> dict:
     """The environment part of the manifest (written by `cai run` and by stage 04)."""
     return update(run_dir, config=config, seeds={"seed": config.get("seed")}, versions=library_versions(),
                   git=git_info(), hardware=hardware(), files=file_hashes(run_dir))
+
+
+def stage1_adapter(run_dir, *, allow_unapproved: bool = False) -> Path:
+    """The run's adapter as a Stage-1 model for later work — only if the gate said PASS.
+
+    Stage 04 marks the adapter approved in the manifest only on PASS; using any other
+    adapter downstream must be a visible decision (`allow_unapproved=True`).
+    """
+    from .errors import CaiError
+    paths = run_paths(run_dir)
+    approval = load(run_dir).get("approval") or {}
+    if not (paths.adapter / "adapter_config.json").exists():
+        raise CaiError(f"{paths.adapter}: no adapter — run stage 02 for this run first")
+    if not approval.get("adapter_approved") and not allow_unapproved:
+        verdict = approval.get("verdict", "no verdict yet: run stage 04")
+        raise CaiError(f"{paths.manifest}: adapter not approved as a Stage-1 model (gate: {verdict}) — "
+                       "pass allow_unapproved=True to use it anyway")
+    return paths.adapter

@@ -188,7 +188,8 @@ def build_report(run_dir, cfg) -> dict:
         if not p.exists():
             raise CaiError(f"{p}: missing — run stage {stage} first (cai run --stages {stage})")
     base, trained = read_jsonl(paths.eval_base), read_jsonl(paths.eval_trained)
-    stats = {f: stats_records(base, trained, field=f, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap)
+    stats = {f: stats_records(base, trained, field=f, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap,
+                            alpha=cfg.gate_alpha)
              for f in FIELDS}
     write_json(paths.stats, {"gate_field": cfg.gate_field, **stats})
     overlap = read_json(paths.overlap_report)
