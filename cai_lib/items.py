@@ -1,0 +1,56 @@
+"""Eval items: load and validate the item schema of DESIGN.md ("Eval item").
+
+An item is `{"id", "type", "instruction", "checks"}`; every problem in an items file is
+reported as one line naming the file, line, field and the fix, before any model time
+is spent on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import CaiError
+from .scoring import read_records, validate_checks
+
+VALID_TYPES: tuple[str, ...] = ("qa", "completion", "generation", "response")
+
+
+def starter_items_path() -> Path:
+    """The shipped starter/baseline items (>= 120, all four types)."""
+    return Path(__file__).resolve().parent / "data" / "starter_items.jsonl"
+
+
+def validate_item(item, where: str) -> None:
+    """Raise CaiError unless `item` follows the eval item schema."""
+    if not isinstance(item, dict):
+        raise CaiError(f"{where}: expected an item object, got {type(item).__name__}")
+    iid = item.get("id")
+    if not isinstance(iid, str) or not iid.strip():
+        raise CaiError(f"{where}: field 'id' is missing or empty — give the item a unique string id like \"qa-0001\"")
+    where = f"{where} (id {iid})"
+    if item.get("type") not in VALID_TYPES:
+        raise CaiError(f"{where}: field 'type' is {item.get('type')!r} — it must be one of {', '.join(VALID_TYPES)}")
+    instr = item.get("instruction")
+    if not isinstance(instr, str) or not instr.strip():
+        raise CaiError(f"{where}: field 'instruction' is missing or empty — give the raw instruction text")
+    if "checks" not in item:
+        raise CaiError(f"{where}: field 'checks' is missing — add a list of checks, "
+                       f'e.g. [{{"kind": "contains_any", "values": ["Paris"]}}]')
+    validate_checks(item["checks"], where)
+    # An item without a check can only be scored on form; every eval item must be verifiable.
+    if not item["checks"]:
+        raise CaiError(f"{where}: field 'checks' is empty — add at least one check so the answer can be verified")
+
+
+def load_items(path) -> list[dict]:
+    """Read and validate an items JSONL; duplicate ids are an error (scores pair by id)."""
+    rows, lines = read_records(path, "eval items")
+    seen: dict[str, int] = {}
+    for item, ln in zip(rows, lines):
+        where = f"{path}:{ln}"
+        validate_item(item, where)
+        if item["id"] in seen:
+            raise CaiError(f"{where}: field 'id' {item['id']!r} duplicates line {seen[item['id']]} "
+                           f"— give every item a unique id")
+        seen[item["id"]] = ln
+    return rows

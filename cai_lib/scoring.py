@@ -1,0 +1,492 @@
+"""Score response records: check kinds, detectors and strict / loose / form (DESIGN.md).
+
+Three verdicts per record, always reported together:
+
+* **strict** – every check and every detector passes on the whole response and the
+  model stopped by itself (`finish_reason` is not `length`). The gate uses this.
+* **loose** – the response is cut at its first blank line (or first continuation line);
+  then every check passes and the cut text is neither `empty` nor an `echo`. This
+  credits a base model that answers correctly and then rambles on.
+* **form** – every detector passes and the model stopped; checks are ignored. A 270M
+  model fails many checks for lack of knowledge, not of instruction following; form
+  separates "answered in the right shape and stopped" from "knew the answer".
+
+Length alone never fails a response: only a `max_words`/`min_words`/`sentences`/`items`
+check asks about size, and only where the item says so.
+
+All matching is case-insensitive. A *word* is a whitespace-separated token holding a
+letter or a digit. This module imports no torch: `cai score` must be instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import CaiError
+from .jsonl import read_jsonl, write_jsonl
+
+# kind -> the parameter it needs. Kept as data so validation and docs cannot drift.
+CHECK_KINDS: dict[str, str] = {
+    "contains_any": "values",
+    "contains_all": "values",
+    "excludes": "values",
+    "max_words": "n",
+    "min_words": "n",
+    "sentences": "n",
+    "items": "n",
+    "number": "value",
+    "yes_no": "value",
+    "regex": "pattern",
+}
+DETECTORS: tuple[str, ...] = ("empty", "echo", "continuation")
+FINISH_REASONS: tuple[str, ...] = ("eos", "length", "stop")
+LENGTH_FAILURE = "finish_reason=length"
+# Loose scoring drops `continuation` by construction (the text is cut before it).
+LOOSE_DETECTORS: tuple[str, ...] = ("empty", "echo")
+
+# Markers that open a new prompt on a later line: the model has stopped answering and
+# started writing the next exercise of an imagined document.
+_PROMPT_MARKERS = ("q", "question", "instruction", "human", "user")
+_PROMPT_RE = re.compile(r"(?:%s)\s*:" % "|".join(_PROMPT_MARKERS), re.IGNORECASE)
+
+_NUMBER_WORDS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+    "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
+    "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17,
+    "eighteen": 18, "nineteen": 19, "twenty": 20,
+}
+# Digits: 1,000 groups, decimals, a leading minus that is not a range dash ("3-5").
+# Number words must not be part of a hyphenated compound: "twenty-one" is not 1.
+_NUMBER_RE = re.compile(
+    r"(?P<num>(?:(?<![\w-])-)?(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?)"
+    r"|(?<![\w-])(?P<word>%s)(?![\w-])" % "|".join(_NUMBER_WORDS),
+    re.IGNORECASE,
+)
+_YES_NO_RE = re.compile(r"(?<![\w-])(yes|no)(?![\w-])", re.IGNORECASE)
+
+_BULLET_RE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+\S")
+_TERMINATOR_RE = re.compile(r"[.!?]+[\"')\]\u00bb]*(?=\s|$)")
+# Tokens whose final "." does not end a sentence (checked only for a lone "." run).
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "e.g", "i.e", "cf"}
+_INITIALS_RE = re.compile(r"(?:[a-z]\.)*[a-z]")
+
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2212": "-"})
+
+
+# --------------------------------------------------------------------------- text helpers
+
+def _norm(text: str) -> str:
+    """Curly quotes and the Unicode minus read as their ASCII forms; CRLF as LF."""
+    return text.translate(_QUOTES).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _is_word(token: str) -> bool:
+    return any(ch.isalnum() for ch in token)
+
+
+def words(text: str) -> list[str]:
+    """Whitespace-separated tokens holding a letter or a digit (the design's *word*)."""
+    return [t for t in _norm(text).split() if _is_word(t)]
+
+
+def word_count(text: str) -> int:
+    return len(words(text))
+
+
+def _bare(token: str) -> str:
+    """A word without the punctuation around it, lower-cased ("question:" -> "question")."""
+    return re.sub(r"^[^\w]+|[^\w]+$", "", token).lower()
+
+
+@functools.lru_cache(maxsize=4096)
+def _phrase_re(value: str) -> re.Pattern:
+    """Whole word/phrase pattern for `value`, valid for values with punctuation or digits.
+
+    \\b fails on values that start or end with punctuation ("C++", "U.S."), so the
+    boundary is "no word character on either side". A value ending in a digit must not
+    continue as a longer number ("3" is not in "3.5" or "3,000"), and one starting with
+    a digit must not be the tail of one ("5" is not in "1.5").
+    """
+    parts = [re.escape(p) for p in _norm(value).strip().split()]
+    body = r"\s+".join(parts)
+    left = r"(?<!\w)"
+    right = r"(?!\w)"
+    if body[:1].isdigit():
+        left += r"(?<!\d[.,])"
+    if body[-1:].isdigit():
+        right += r"(?![.,]\d)"
+    return re.compile(left + body + right, re.IGNORECASE)
+
+
+def contains_phrase(text: str, value: str) -> bool:
+    return _phrase_re(value).search(_norm(text)) is not None
+
+
+def count_sentences(text: str) -> int:
+    """Sentences end with . ! or ? followed by whitespace or the end of the text.
+
+    Not sentence ends: a "." inside a number (3.14), after a common abbreviation (Dr.,
+    e.g.), after initials (J. K. Rowling, U.S.), or after a list number at a line start
+    ("1. "). Text after the last terminator that holds a word counts as one more
+    (unfinished) sentence, so "Cats purr. They" cannot pass a one-sentence check while
+    a single sentence missing its final period still counts as one.
+    """
+    text = _norm(text)
+    n = 0
+    start = 0
+    for m in _TERMINATOR_RE.finditer(text):
+        head = text[start:m.start()]
+        if m.group().startswith(".") and not any(c in m.group() for c in "!?") and head.split():
+            token = head.split()[-1]
+            core = token.lower()
+            line_start = text.rfind("\n", 0, m.start()) + 1
+            first_on_line = text[line_start:m.start()].strip() == token
+            if (core in _ABBREVIATIONS or _INITIALS_RE.fullmatch(core)
+                    or (first_on_line and token.isdigit())):
+                continue
+        if _is_word(text[start:m.end()]):
+            n += 1
+        start = m.end()
+    if _is_word(text[start:]):
+        n += 1
+    return n
+
+
+def _split_inline_list(line: str) -> list[str]:
+    """One line as a list: commas, then a final "and"/"or" in the last part."""
+    line = line.strip().rstrip(".!?;").strip()
+    parts = [p.strip() for p in line.split(",")]
+    last = parts.pop() if parts else ""
+    lead = re.match(r"(?:and|or)\s+(.*)$", last, re.IGNORECASE | re.DOTALL)
+    if lead and parts:  # "a, b, and c": the Oxford comma already split it
+        parts.append(lead.group(1))
+    else:
+        tail = re.split(r"\s+(?:and|or)\s+(?!.*\s(?:and|or)\s)", last, maxsplit=1, flags=re.IGNORECASE)
+        parts.extend(tail)
+    return [p for p in parts if _is_word(p)]
+
+
+def count_items(text: str) -> int:
+    """List items: bullet lines (-, *, •) or numbered lines (1. / 1)) when there are any.
+
+    Otherwise header lines ending in ":" ("Here are three fruits:") are skipped; the first
+    remaining line is split on commas and a final "and"/"or"; if that gives a single item
+    and more lines follow, each non-blank line is an item (a plain one-per-line list).
+    """
+    lines = [ln for ln in _norm(text).split("\n") if ln.strip()]
+    marked = [ln for ln in lines if _BULLET_RE.match(ln)]
+    if marked:
+        return len(marked)
+    body = [ln for ln in lines if not ln.rstrip().endswith(":")]
+    if not body:
+        return 0
+    inline = _split_inline_list(body[0])
+    if len(inline) >= 2 or len(body) == 1:
+        return len(inline)
+    return len(body)
+
+
+def _number_value(m: re.Match) -> float:
+    if m.group("word"):
+        return float(_NUMBER_WORDS[m.group("word").lower()])
+    return float(m.group("num").replace(",", ""))
+
+
+def last_number(text: str) -> float | None:
+    """The last number in the text: digits (-3, 1,000, 2.5) or a word zero..twenty."""
+    found = None
+    for m in _NUMBER_RE.finditer(_norm(text)):
+        found = m
+    return None if found is None else _number_value(found)
+
+
+def first_yes_no(text: str) -> str | None:
+    m = _YES_NO_RE.search(_norm(text))
+    return m.group(1).lower() if m else None
+
+
+# --------------------------------------------------------------------------- detectors
+
+def _normalize_ws(text: str) -> str:
+    return " ".join(_norm(text).split()).lower()
+
+
+def is_empty(response: str) -> bool:
+    return word_count(response) == 0
+
+
+def is_echo(response: str, instruction: str) -> bool:
+    """The response contains the whole (whitespace-normalized) instruction."""
+    needle = _normalize_ws(instruction)
+    return bool(needle) and needle in _normalize_ws(response)
+
+
+def is_continuation_line(line: str, instruction: str) -> bool:
+    """Does this line open a new prompt (Q:, Question:, ... or the instruction's opening)?
+
+    Leading markdown decoration is ignored so "### Instruction:" counts.
+    """
+    stripped = line.strip().lstrip("#*> \t").strip()
+    if not stripped:
+        return False
+    if _PROMPT_RE.match(stripped):
+        return True
+    opening = [_bare(w) for w in words(instruction)][:3]
+    if not opening:
+        return False
+    head = [_bare(w) for w in words(stripped)][:len(opening)]
+    return head == opening
+
+
+def has_continuation(response: str, instruction: str) -> bool:
+    """A line after the first one (the first continues the prompt's own line) opens a new prompt."""
+    lines = _norm(response).split("\n")
+    return any(is_continuation_line(ln, instruction) for ln in lines[1:])
+
+
+def detect(response: str, instruction: str) -> list[str]:
+    """Names of the detectors that fire on `response`, in DETECTORS order."""
+    fired = []
+    if is_empty(response):
+        fired.append("empty")
+    if is_echo(response, instruction):
+        fired.append("echo")
+    if has_continuation(response, instruction):
+        fired.append("continuation")
+    return fired
+
+
+def loose_cut(response: str, instruction: str) -> str:
+    """The response up to its first blank line or first continuation line.
+
+    Leading whitespace is dropped first: a base model often opens with a newline after
+    the prompt, and that is not where its answer ends.
+    """
+    lines = _norm(response).lstrip().split("\n")
+    kept = [lines[0]]
+    for ln in lines[1:]:
+        if not ln.strip() or is_continuation_line(ln, instruction):
+            break
+        kept.append(ln)
+    return "\n".join(kept)
+
+
+# --------------------------------------------------------------------------- checks
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _validate_check(check, where: str, i: int) -> None:
+    field = f"checks[{i}]"
+    if not isinstance(check, dict):
+        raise CaiError(f"{where}: field '{field}' must be an object like "
+                       f'{{"kind": "contains_any", "values": ["Paris"]}}')
+    kind = check.get("kind")
+    if kind not in CHECK_KINDS:
+        raise CaiError(f"{where}: field '{field}.kind' is {kind!r}, not a known check kind "
+                       f"— use one of {', '.join(CHECK_KINDS)}")
+    param = CHECK_KINDS[kind]
+    if param not in check:
+        raise CaiError(f"{where}: field '{field}.{param}' is missing — a {kind} check needs '{param}'")
+    v = check[param]
+    bad = None
+    if param == "values":
+        if not (isinstance(v, list) and v and all(isinstance(s, str) and s.strip() for s in v)):
+            bad = "a non-empty list of non-empty strings"
+    elif param == "n":
+        if not (_is_int(v) and v >= (0 if kind in ("max_words", "min_words") else 1)):
+            bad = "a whole number" + (" >= 0" if kind in ("max_words", "min_words") else " >= 1")
+    elif kind == "number":
+        if not _is_num(v):
+            bad = "a number (e.g. 42 or 2.5)"
+    elif kind == "yes_no":
+        if not (isinstance(v, str) and v.lower() in ("yes", "no")):
+            bad = '"yes" or "no"'
+    elif kind == "regex":
+        if not isinstance(v, str) or not v:
+            bad = "a non-empty regular expression string"
+        else:
+            try:
+                _compiled(v)
+            except re.error as exc:
+                bad = f"a valid regular expression ({exc})"
+    if bad:
+        raise CaiError(f"{where}: field '{field}.{param}' is {v!r} — it must be {bad}")
+
+
+def validate_checks(checks, where: str) -> None:
+    """Raise CaiError (naming `where` and the field) unless `checks` is a valid check list."""
+    if not isinstance(checks, list):
+        raise CaiError(f"{where}: field 'checks' must be a list of check objects, got {type(checks).__name__}")
+    for i, check in enumerate(checks):
+        _validate_check(check, where, i)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def _passes(check: dict, text: str) -> bool:
+    kind = check["kind"]
+    if kind == "contains_any":
+        return any(contains_phrase(text, v) for v in check["values"])
+    if kind == "contains_all":
+        return all(contains_phrase(text, v) for v in check["values"])
+    if kind == "excludes":
+        return not any(contains_phrase(text, v) for v in check["values"])
+    if kind == "max_words":
+        return word_count(text) <= check["n"]
+    if kind == "min_words":
+        return word_count(text) >= check["n"]
+    if kind == "sentences":
+        return count_sentences(text) == check["n"]
+    if kind == "items":
+        return count_items(text) == check["n"]
+    if kind == "number":
+        got = last_number(text)
+        want = float(check["value"])
+        return got is not None and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9)
+    if kind == "yes_no":
+        return first_yes_no(text) == check["value"].lower()
+    if kind == "regex":
+        return _compiled(check["pattern"]).search(text) is not None
+    raise AssertionError(kind)  # unreachable after validation
+
+
+def check_passes(check: dict, text: str) -> bool:
+    """Does `text` satisfy one check? Validates the check first (CaiError if malformed)."""
+    _validate_check(check, "check", 0)
+    return _passes(check, text)
+
+
+# --------------------------------------------------------------------------- records
+
+def _validate_record(rec, where: str) -> None:
+    if not isinstance(rec, dict):
+        raise CaiError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    if "id" in rec:
+        where = f"{where} (id {rec['id']})"
+    for field in ("instruction", "response"):
+        if field not in rec:
+            raise CaiError(f"{where}: missing field '{field}' — a response record is an eval item "
+                           f"plus 'response' and 'finish_reason'")
+        if not isinstance(rec[field], str):
+            raise CaiError(f"{where}: field '{field}' must be a string, got {type(rec[field]).__name__}")
+    if "finish_reason" not in rec:
+        raise CaiError(f"{where}: missing field 'finish_reason' — add one of {', '.join(FINISH_REASONS)} "
+                       f"(generate records it; strict scoring needs to know whether the model stopped)")
+    if rec["finish_reason"] not in FINISH_REASONS:
+        raise CaiError(f"{where}: field 'finish_reason' is {rec['finish_reason']!r} — "
+                       f"it must be one of {', '.join(FINISH_REASONS)}")
+    if "checks" not in rec:
+        raise CaiError(f"{where}: missing field 'checks' — copy the item's checks into the record (a list, may be empty)")
+    validate_checks(rec["checks"], where)
+
+
+def _dedupe(names: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def score_record(rec: dict, where: str = "record") -> dict:
+    """A copy of `rec` with strict, loose, form (bool), failures and loose_failures (names)."""
+    _validate_record(rec, where)
+    response, instruction, checks = rec["response"], rec["instruction"], rec["checks"]
+    stopped = rec["finish_reason"] != "length"
+
+    fired = detect(response, instruction)
+    failed_checks = [c["kind"] for c in checks if not _passes(c, response)]
+    failures = _dedupe(failed_checks + fired + ([] if stopped else [LENGTH_FAILURE]))
+
+    cut = loose_cut(response, instruction)
+    loose_failures = _dedupe([c["kind"] for c in checks if not _passes(c, cut)]
+                             + [d for d in detect(cut, instruction) if d in LOOSE_DETECTORS])
+
+    out = dict(rec)
+    out.update(strict=not failures, loose=not loose_failures, form=not fired and stopped,
+               failures=failures, loose_failures=loose_failures)
+    return out
+
+
+def score_records(records: Sequence[dict], where: str = "record") -> list[dict]:
+    return [score_record(r, f"{where} {i + 1}") for i, r in enumerate(records)]
+
+
+def _rates(rows: Sequence[dict]) -> dict:
+    n = len(rows)
+    passed = {f: sum(bool(r[f]) for r in rows) for f in ("strict", "loose", "form")}
+    out = {"n": n}
+    out.update({f: (passed[f] / n if n else None) for f in passed})
+    out["passed"] = passed
+    return out
+
+
+def summarize(scored: Sequence[dict], by: Sequence[str] | str = ("type",)) -> dict:
+    """n, strict/loose/form rates (and pass counts) overall and per value of each `by` key,
+    plus how often each failure reason occurred (strict and loose)."""
+    if isinstance(by, str):
+        by = (by,)
+    for i, r in enumerate(scored):
+        missing = [f for f in ("strict", "loose", "form", "failures") if f not in r]
+        if missing:
+            raise CaiError(f"record {i + 1}: field '{missing[0]}' is missing — score the records first "
+                           f"(score_records or `cai score`)")
+    out = _rates(scored)
+    for key in by:
+        groups: dict[str, list[dict]] = {}
+        for r in scored:
+            groups.setdefault(str(r.get(key, "(missing)")), []).append(r)
+        out[f"by_{key}"] = {g: _rates(groups[g]) for g in sorted(groups)}
+    for field in ("failures", "loose_failures"):
+        counts = Counter(name for r in scored for name in r.get(field, []))
+        out[field] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return out
+
+
+def record_line_numbers(path) -> list[int]:
+    """1-based line numbers of the non-blank lines, aligned with read_jsonl's rows."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [i + 1 for i, line in enumerate(text.split("\n")) if line.strip()]
+
+
+def read_records(path, what: str = "records") -> tuple[list[dict], list[int]]:
+    """read_jsonl plus line numbers; a folder, unreadable or empty file is a one-line CaiError."""
+    path = Path(path)
+    if path.is_dir():
+        raise CaiError(f"{path}: is a folder — pass the JSONL file of {what}")
+    try:
+        rows = read_jsonl(path)
+        lines = record_line_numbers(path)
+    except UnicodeDecodeError:
+        raise CaiError(f"{path}: not UTF-8 text — pass a JSONL file of {what}") from None
+    except OSError as exc:
+        raise CaiError(f"{path}: cannot read ({exc.strerror}) — check the path and permissions") from None
+    if not rows:
+        raise CaiError(f"{path}: no {what} — the file is empty; pass a JSONL file with one object per line")
+    return rows, lines
+
+
+def score_file(path, out=None, by: Sequence[str] | None = None) -> dict:
+    """Score a JSONL of response records; write scored records atomically to `out`.
+
+    Nothing is written unless every record scores, so bad input leaves no partial file.
+    The summary groups by type and, where records carry one, by prompt `format`.
+    """
+    rows, lines = read_records(path, "response records")
+    scored = [score_record(r, f"{path}:{ln}") for r, ln in zip(rows, lines)]
+    if by is None:
+        by = ("type",) + (("format",) if any("format" in r for r in rows) else ())
+    summary = summarize(scored, by=by)
+    if out:
+        write_jsonl(out, scored)
+    return summary
