@@ -118,6 +118,7 @@ def run_pipeline(profile: str = "cpu-quick", run_id: str = "", stages: str = "",
 
     values = load_profile(profile)
     cfg = RunConfig.from_mapping(values, source=f"profile {profile}")
+    selected = _select(stages)  # validate everything before anything is written
     run_id = run_id or new_run_id()
     run_dir = runs_root() / run_id
     paths = run_paths(run_dir)
@@ -130,7 +131,6 @@ def run_pipeline(profile: str = "cpu-quick", run_id: str = "", stages: str = "",
                                   "reports": str(out_dir)})
     print(f"cai run: profile {profile}, run {run_id}\n  run directory: {run_dir}\n  reports: {out_dir}")
 
-    selected = _select(stages)
     record = manifest.load(run_dir).get("stages", {})
     for stage in selected:
         nb_path = NOTEBOOK_DIR / f"{stage.notebook}.ipynb"
