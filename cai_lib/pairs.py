@@ -1,0 +1,461 @@
+"""Self-generated DPO preference pairs (stage 01) and their diagnostics.
+
+Two strategies, picked per profile (`cfg.pair_strategy`):
+
+* ``format_distillation`` — chosen = the base model's answer under a few-shot completion
+  frame (cut at the frame's stop string); rejected = its own continuation of the *raw*
+  instruction with no stop strings, truncated at `max_new_tokens` — exactly what
+  evaluation would see. The pair teaches the model to do unprompted what it already does
+  with a format cue (answer, then stop).
+* ``critique_revision`` (the seed's method) — few-shot response frame → answer; few-shot
+  critique frame judges it against the Stage-1 principles; few-shot revision frame
+  rewrites it. chosen = revision, rejected = original answer.
+
+Conventions (shared with `train.py`; see DESIGN.md's contracts):
+
+* ``prompt`` is the item's instruction *exactly* as evaluation presents it (raw, no frame).
+* ``chosen`` / ``rejected`` are answer texts with surrounding whitespace stripped. The
+  trainer joins ``prompt + "\\n" + completion`` (cfg.chosen_leading_space=False) and
+  appends EOS, so chosen ends where an answer should end and the model learns to stop.
+* "Strict" for a cut answer: the answer is scored by `scoring.score_record` on the cut
+  text with finish_reason ``stop`` when the frame's stop string ended it (the model wrote
+  the separator the frame uses to end an answer, i.e. it finished), ``eos`` when it
+  emitted EOS, and ``length`` otherwise — so an answer still running at
+  `max_new_tokens` fails strict ("chosen_unfinished") exactly as it would at evaluation.
+  Every check and detector (empty, echo, continuation) must pass on the cut text.
+
+Filtering (a dropped candidate gets its first reason, in this order, plus all reasons
+known): chosen_empty, chosen_unfinished, chosen_fails_strict, rejected_empty, identical
+(after whitespace normalisation). To save CPU time, later generation steps run only for
+candidates that can still become pairs: the raw continuation only where chosen passed;
+critique and revision only where the original answer is non-empty.
+
+Resumable generation: each batch's rows are appended (fsync'd whole lines) to
+``data/generations.jsonl`` keyed by (item_id, step). A rerun skips finished keys.
+Batches are fixed slices of each step's ordered item list, so a resumed run feeds the
+model the same batches as an uninterrupted one (left padding can change greedy output
+with batch composition). Few-shot examples come from a per-(item, step) seeded RNG, so
+rotation does not depend on order or resume either; their ids are stored per row for
+the leakage guard.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from typing import Callable, Sequence
+
+from . import prompts
+from .errors import CaiError
+from .jsonl import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
+
+STRATEGIES = ("format_distillation", "critique_revision")
+# Steps are named by what they generate, not by strategy, so both strategies share the
+# "response" step's rows when a run switches strategy.
+STEPS = {
+    "format_distillation": ("response", "raw"),
+    "critique_revision": ("response", "critique", "revision"),
+}
+REASONS = ("chosen_empty", "chosen_unfinished", "chosen_fails_strict", "rejected_empty", "identical")
+GEN_FIELDS = ("item_id", "step", "prompt", "response", "finish_reason")
+
+
+# ---- small text helpers -----------------------------------------------------------------
+
+def _ws(text: str) -> str:
+    return " ".join(text.split())
+
+
+def count_words(text: str) -> int:
+    """Design's word: a whitespace-separated token containing a letter or digit."""
+    return sum(1 for t in text.split() if any(ch.isalnum() for ch in t))
+
+
+def word_edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance over whitespace tokens (punctuation stays on its word)."""
+    x, y = a.split(), b.split()
+    prev = list(range(len(y) + 1))
+    for i, xi in enumerate(x, 1):
+        cur = [i] + [0] * len(y)
+        for j, yj in enumerate(y, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (xi != yj))
+        prev = cur
+    return prev[-1]
+
+
+def length_only_kind(chosen: str, rejected: str) -> str | None:
+    """How two texts differ only by length, or None when their words differ.
+
+    Compared as word sequences (lower-cased, punctuation dropped, whitespace collapsed),
+    so "Lima is the capital of Peru." counts as a trim of "Lima is the capital of Peru
+    and a big city." Kinds: ``same_words`` (only case/punctuation/whitespace differ);
+    ``chosen_prefix`` (rejected = chosen + more: it ran on past where chosen stopped —
+    format_distillation's intended "learn to stop" signal); ``chosen_within`` (chosen is
+    a run of rejected's words, not at its start); ``rejected_within`` (chosen = rejected
+    + more words). A high share of trims in critique_revision means the "revision" only
+    shortens (the replaced system "improved" answers by shortening them).
+    """
+    c, r = prompts.normalize(chosen), prompts.normalize(rejected)
+    if not c or not r:
+        return None
+    if c == r:
+        return "same_words"
+    if r.startswith(c + " "):
+        return "chosen_prefix"
+    if f" {c} " in f" {r} ":
+        return "chosen_within"
+    if f" {r} " in f" {c} ":
+        return "rejected_within"
+    return None
+
+
+def _score(item: dict, text: str, finish_reason: str) -> dict:
+    from .scoring import score_record  # lazy: scoring is another module
+    rec = {k: item[k] for k in ("id", "type", "instruction", "checks")}
+    rec.update(response=text, finish_reason=finish_reason)
+    s = score_record(rec)
+    return {"strict": bool(s["strict"]), "loose": bool(s["loose"]), "form": bool(s["form"]),
+            "failures": list(s.get("failures", []))}
+
+
+def _cut_answer(row: dict, step: str) -> tuple[str, str]:
+    """(answer text, finish_reason) of a framed generation, cut at the frame's stops."""
+    text, hit = prompts.cut_at_stop(row["response"], prompts.stop_strings(step))
+    fr = "stop" if hit or row["finish_reason"] == "stop" else row["finish_reason"]
+    return text.strip(), fr
+
+
+# ---- generation store -------------------------------------------------------------------
+
+class _Store:
+    """Rows of data/generations.jsonl by (item_id, step); appends survive interruption."""
+
+    def __init__(self, path):
+        self.path = path
+        self.rows: dict[tuple[str, str], dict] = {}
+        if path.exists():
+            repair_torn_tail(path)  # a kill mid-append leaves a partial last line
+            for row in read_jsonl(path, required=GEN_FIELDS, tolerate_torn_tail=True):
+                self.rows.setdefault((row["item_id"], row["step"]), row)
+
+    def get(self, item_id: str, step: str) -> dict | None:
+        return self.rows.get((item_id, step))
+
+    def add(self, rows: list[dict]) -> None:
+        append_jsonl(self.path, rows)
+        for row in rows:
+            self.rows[(row["item_id"], row["step"])] = row
+
+
+def _default_generate(*args, **kwargs):
+    from .generate import generate  # lazy: torch-heavy module
+    return generate(*args, **kwargs)
+
+
+def _default_rotate(*args, **kwargs):
+    from .fewshot import rotate
+    return rotate(*args, **kwargs)
+
+
+def _request(item: dict, step: str, store: _Store, k: int, seed: int, rotate_fn) -> tuple[str, list[str]]:
+    """(prompt, few-shot ids) for one item's step; earlier steps' rows come from `store`."""
+    if step == "raw":
+        return prompts.format_prompt(item["instruction"], "raw"), []
+    examples = prompts.rotate_excluding(rotate_fn, item["type"], step, k,
+                                        prompts.item_rng(seed, item["id"], step), item["instruction"])
+    if step == "response":
+        return prompts.response_frame(item["instruction"], examples), prompts.fewshot_ids(examples)
+    answer, _ = _cut_answer(store.get(item["id"], "response"), "response")
+    if step == "critique":
+        return prompts.critique_frame(item["instruction"], answer, examples), prompts.fewshot_ids(examples)
+    critique, _ = _cut_answer(store.get(item["id"], "critique"), "critique")
+    return prompts.revision_frame(item["instruction"], answer, critique, examples), prompts.fewshot_ids(examples)
+
+
+def _run_step(step, items, store, *, loaded, gen, rotate_fn, cfg, max_new_tokens, progress, timing):
+    stops = prompts.stop_strings(step)
+    bs = max(1, int(cfg.gen_batch_size))
+    t = timing.setdefault(step, {"generated": 0, "resumed": 0, "new_tokens": 0, "wall_s": 0.0})
+    requests = []
+    for it in items:
+        prompt, ids = _request(it, step, store, cfg.n_fewshot, cfg.seed, rotate_fn)
+        have = store.get(it["id"], step)
+        if have is not None and (have["prompt"] != prompt or have.get("max_new_tokens") != max_new_tokens):
+            raise CaiError(
+                f"{store.path}: the stored {step!r} generation for item {it['id']!r} was made with a different "
+                "prompt or max_new_tokens — delete that file (or use a new --run-id) to regenerate"
+            )
+        requests.append((it, prompt, ids))
+    # Longest prompts first (less padding per batch, as generate() does within a call);
+    # the order and the batch slices depend only on the prompts, so a resumed run sees
+    # the same batches as an uninterrupted one.
+    order = sorted(range(len(requests)), key=lambda i: (-len(requests[i][1]), i))
+    chunks = [[requests[i] for i in order[j:j + bs]] for j in range(0, len(order), bs)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(chunks), desc=f"pairs:{step}")
+    try:
+        for chunk in chunks:
+            todo = [r for r in chunk if store.get(r[0]["id"], step) is None]
+            t["resumed"] += len(chunk) - len(todo)
+            if todo:
+                t0 = time.perf_counter()
+                outs = gen(getattr(loaded, "model", None), getattr(loaded, "tokenizer", None), [p for _, p, _ in todo],
+                           max_new_tokens=max_new_tokens, batch_size=bs, stop=stops or None,
+                           progress=False, desc=f"pairs:{step}")
+                t["wall_s"] += time.perf_counter() - t0
+                if len(outs) != len(todo):
+                    raise CaiError(f"generate returned {len(outs)} records for {len(todo)} prompts — a bug in generate")
+                rows = []
+                for (it, prompt, ids), out in zip(todo, outs):
+                    rows.append({
+                        "item_id": it["id"], "step": step, "type": it["type"], "prompt": prompt,
+                        "response": out["response"], "finish_reason": out["finish_reason"],
+                        "prompt_tokens": out.get("prompt_tokens"), "new_tokens": out.get("new_tokens"),
+                        "seconds": out.get("seconds"), "fewshot_ids": ids,
+                        "max_new_tokens": max_new_tokens, "stop": stops,
+                    })
+                    t["generated"] += 1
+                    t["new_tokens"] += int(out.get("new_tokens") or 0)
+                store.add(rows)  # whole batch appended at once: resume never splits a batch
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# ---- pair assembly ----------------------------------------------------------------------
+
+def _drop(item, strategy, reasons, **extra) -> dict:
+    ordered = [r for r in REASONS if r in reasons]
+    return {"item_id": item["id"], "type": item["type"], "strategy": strategy,
+            "reason": ordered[0], "reasons": ordered, **extra}
+
+
+def _chosen_reasons(chosen: str, fr: str, score: dict) -> list[str]:
+    reasons = []
+    if not chosen.strip():
+        reasons.append("chosen_empty")
+    if fr == "length":
+        reasons.append("chosen_unfinished")
+    if not score["strict"]:
+        reasons.append("chosen_fails_strict")
+    return reasons
+
+
+def _make_pair(item, strategy, chosen, ch_fr, ch_score, rejected, rj_fr, *, fewshot, extra) -> dict | tuple:
+    reasons = []
+    if not rejected.strip():
+        reasons.append("rejected_empty")
+    elif _ws(chosen) == _ws(rejected):
+        reasons.append("identical")
+    if reasons:
+        return ("drop", reasons)
+    rj_score = _score(item, rejected, rj_fr)
+    return {
+        "prompt": item["instruction"],
+        "chosen": chosen,
+        "rejected": rejected,
+        "strategy": strategy,
+        "item_id": item["id"],
+        "type": item["type"],
+        "scores": {"chosen": ch_score, "rejected": rj_score},
+        "lengths": {"chosen_chars": len(chosen), "chosen_words": count_words(chosen),
+                    "rejected_chars": len(rejected), "rejected_words": count_words(rejected)},
+        "finish_reasons": {"chosen": ch_fr, "rejected": rj_fr},
+        "edit_distance_words": word_edit_distance(chosen, rejected),
+        "length_only": length_only_kind(chosen, rejected),
+        "fewshot_ids": fewshot,
+        **extra,
+    }
+
+
+def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | None = None,
+                generate_fn: Callable | None = None, rotate_fn: Callable | None = None,
+                progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Generate (resumably) and filter preference pairs for `items`.
+
+    `loaded` has `.model` and `.tokenizer` (models.Loaded). `generate_fn` / `rotate_fn`
+    default to generate.generate and fewshot.rotate (tests inject fakes). Writes
+    data/generations.jsonl (appended per batch), data/preference_pairs.jsonl and
+    data/pair_stats.json (atomic). Returns (pairs, dropped).
+    """
+    strategy = strategy or cfg.pair_strategy
+    if strategy not in STRATEGIES:
+        raise CaiError(f"pair_strategy={strategy!r} is not one of {list(STRATEGIES)} — fix the profile")
+    items = list(items)
+    seen = set()
+    for it in items:
+        missing = [k for k in ("id", "type", "instruction", "checks") if k not in it]
+        if missing:
+            raise CaiError(f"train item {it.get('id', '?')!r}: missing field {missing[0]!r} — regenerate the train items")
+        if it["id"] in seen:
+            raise CaiError(f"train items: duplicate id {it['id']!r} — ids must be unique (generation is keyed by id)")
+        seen.add(it["id"])
+    gen = generate_fn or _default_generate
+    rotate_fn = rotate_fn or _default_rotate
+    max_new = int(cfg.data_max_new_tokens)
+    store = _Store(paths.generations)
+    timing: dict = {}
+    run = dict(loaded=loaded, gen=gen, rotate_fn=rotate_fn, cfg=cfg, max_new_tokens=max_new,
+               progress=progress, timing=timing)
+
+    pairs: list[dict] = []
+    dropped: list[dict] = []
+    _run_step("response", items, store, **run)
+    answers = {it["id"]: _cut_answer(store.get(it["id"], "response"), "response") for it in items}
+    fs = {it["id"]: {"response": store.get(it["id"], "response").get("fewshot_ids", [])} for it in items}
+
+    if strategy == "format_distillation":
+        alive = []
+        chosen_scores = {}
+        for it in items:
+            chosen, fr = answers[it["id"]]
+            score = _score(it, chosen, fr)
+            reasons = _chosen_reasons(chosen, fr, score)
+            if reasons:
+                dropped.append(_drop(it, strategy, reasons, chosen=chosen, chosen_finish_reason=fr,
+                                     failures=score["failures"]))
+            else:
+                chosen_scores[it["id"]] = score
+                alive.append(it)
+        _run_step("raw", alive, store, **run)
+        for it in alive:
+            chosen, fr = answers[it["id"]]
+            raw = store.get(it["id"], "raw")
+            rejected = raw["response"].strip()  # no cut: what evaluation sees
+            out = _make_pair(it, strategy, chosen, fr, chosen_scores[it["id"]], rejected, raw["finish_reason"],
+                             fewshot=fs[it["id"]], extra={})
+            if isinstance(out, tuple):
+                dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=rejected))
+            else:
+                pairs.append(out)
+    else:
+        alive = []
+        for it in items:
+            original, _ = answers[it["id"]]
+            if not original:
+                dropped.append(_drop(it, strategy, ["rejected_empty"], rejected=original))
+            else:
+                alive.append(it)
+        _run_step("critique", alive, store, **run)
+        _run_step("revision", alive, store, **run)
+        for it in alive:
+            original, o_fr = answers[it["id"]]
+            critique, _ = _cut_answer(store.get(it["id"], "critique"), "critique")
+            rev_row = store.get(it["id"], "revision")
+            chosen, fr = _cut_answer(rev_row, "revision")
+            score = _score(it, chosen, fr)
+            reasons = _chosen_reasons(chosen, fr, score)
+            if reasons:
+                dropped.append(_drop(it, strategy, reasons, chosen=chosen, chosen_finish_reason=fr,
+                                     rejected=original, critique=critique, failures=score["failures"]))
+                continue
+            ids = dict(fs[it["id"]])
+            ids["critique"] = store.get(it["id"], "critique").get("fewshot_ids", [])
+            ids["revision"] = rev_row.get("fewshot_ids", [])
+            out = _make_pair(it, strategy, chosen, fr, score, original, o_fr, fewshot=ids,
+                             extra={"critique": critique})
+            if isinstance(out, tuple):
+                dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=original, critique=critique))
+            else:
+                pairs.append(out)
+
+    write_jsonl(paths.preference_pairs, pairs)
+    write_json(paths.pair_stats, pair_diagnostics(pairs, dropped, generation=timing))
+    return pairs, dropped
+
+
+# ---- diagnostics ------------------------------------------------------------------------
+
+def _quantiles(values: Sequence[float]) -> dict:
+    import numpy as np
+    if not values:
+        return {"n": 0}
+    v = np.asarray(values, dtype=float)
+    q = np.percentile(v, [0, 10, 25, 50, 75, 90, 100])
+    return {"n": int(v.size), "mean": round(float(v.mean()), 3),
+            **{k: round(float(x), 3) for k, x in zip(("min", "p10", "p25", "median", "p75", "p90", "max"), q)}}
+
+
+def pair_diagnostics(pairs: Sequence[dict], dropped: Sequence[dict], generation: dict | None = None) -> dict:
+    """Counts kept/dropped (why, by strategy and type), length and edit-distance
+    distributions, and the share of pairs that differ only by length."""
+    kept = defaultdict(Counter)
+    for p in pairs:
+        kept[p["strategy"]][p["type"]] += 1
+    drop = defaultdict(lambda: defaultdict(Counter))
+    by_reason, any_reason, failures = Counter(), Counter(), Counter()
+    examples = defaultdict(list)
+    for d in dropped:
+        drop[d["strategy"]][d["type"]][d["reason"]] += 1
+        by_reason[d["reason"]] += 1
+        any_reason.update(d.get("reasons", [d["reason"]]))
+        if d["reason"] == "chosen_fails_strict":
+            failures.update(d.get("failures", []))
+        if len(examples[d["reason"]]) < 3:
+            examples[d["reason"]].append({k: (v[:200] if isinstance(v, str) else v) for k, v in d.items()
+                                          if k in ("item_id", "type", "chosen", "rejected", "failures")})
+    cw = [p["lengths"]["chosen_words"] for p in pairs]
+    rw = [p["lengths"]["rejected_words"] for p in pairs]
+    ed = [p["edit_distance_words"] for p in pairs]
+    edn = [p["edit_distance_words"] / max(1, len(p["chosen"].split()), len(p["rejected"].split())) for p in pairs]
+    lo = Counter(p["length_only"] for p in pairs if p.get("length_only"))
+    n = len(pairs)
+    n_lo = sum(lo.values())
+    rej_strict = sum(1 for p in pairs if p["scores"]["rejected"]["strict"])
+    return {
+        "n_candidates": n + len(dropped),
+        "n_kept": n,
+        "n_dropped": len(dropped),
+        "keep_rate": round(n / (n + len(dropped)), 4) if (n + len(dropped)) else None,
+        "kept": {s: dict(c) for s, c in kept.items()},
+        "dropped": {s: {t: dict(c) for t, c in d.items()} for s, d in drop.items()},
+        "dropped_by_reason": dict(by_reason),
+        "dropped_any_reason": dict(any_reason),
+        "reason_order": list(REASONS),
+        "chosen_failures": dict(failures.most_common()),
+        "length_words": {"chosen": _quantiles(cw), "rejected": _quantiles(rw),
+                         "chosen_minus_rejected": _quantiles([c - r for c, r in zip(cw, rw)])},
+        "share_chosen_shorter": round(sum(c < r for c, r in zip(cw, rw)) / n, 4) if n else None,
+        "edit_distance_words": _quantiles(ed),
+        "edit_distance_normalized": _quantiles(edn),
+        "length_only": {
+            "n": n_lo, "share": round(n_lo / n, 4) if n else None, "by_kind": dict(lo),
+            "note": "pairs whose texts differ only by length (one is a substring of the other after whitespace "
+                    "normalisation). chosen_prefix = the raw continuation ran on past the answer (format_distillation's "
+                    "intended stop signal); chosen_within / rejected_within = content trimmed or padded — a high share "
+                    "means the 'improvement' is shortening, as in the replaced system.",
+        },
+        "rejected_passes_strict": {"n": rej_strict, "share": round(rej_strict / n, 4) if n else None},
+        "dropped_examples": dict(examples),
+        "generation": generation or {},
+    }
+
+
+def example_pairs(pairs: Sequence[dict], n: int = 3, seed: int = 0) -> list[dict]:
+    """A few pairs for the notebook, spread over types (seeded, reproducible)."""
+    by_type = defaultdict(list)
+    for p in pairs:
+        by_type[p["type"]].append(p)
+    rng = random.Random(seed)
+    pools = {t: rng.sample(v, len(v)) for t, v in sorted(by_type.items())}
+    out = []
+    while len(out) < n and any(pools.values()):
+        for t in sorted(pools):
+            if pools[t] and len(out) < n:
+                p = pools[t].pop()
+                out.append({k: p.get(k) for k in ("item_id", "type", "strategy", "prompt", "chosen", "rejected",
+                                                  "critique", "length_only") if k in p})
+    return out
+
+
+def used_fewshot_ids(paths) -> set[str]:
+    """Ids of every few-shot example used by this run's generations (for the leakage guard)."""
+    if not paths.generations.exists():
+        return set()
+    return {i for row in read_jsonl(paths.generations, tolerate_torn_tail=True) for i in row.get("fewshot_ids", [])}
