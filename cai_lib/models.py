@@ -1,0 +1,240 @@
+"""Load a *base* model for stage 1: from a folder, a hub id, a GGUF file or the embedded default.
+
+Every path ends the same way: the tokenizer goes through the contamination guard (chat
+template removed, BOS policy fixed), and the model's name is checked for signs of
+instruction tuning. Hub downloads never happen implicitly on an offline machine: a
+missing hub model is a one-line error saying how to pre-download it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import guard
+from .errors import CaiError
+
+BACKENDS = ("auto", "transformers", "unsloth")
+QUANTIZATIONS = ("none", "8bit", "4bit")
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
+
+is_instruct_name = guard.is_instruct_name
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    backend: str
+    spec: str
+    resolved_path: Path
+    info: dict = field(default_factory=dict)
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+        return True
+    except Exception:  # unsloth raises more than ImportError when CUDA/driver is missing
+        return False
+
+
+def pick_backend(requested: str = "auto") -> str:
+    """auto -> unsloth when CUDA and unsloth are both present, else transformers."""
+    if requested not in BACKENDS:
+        raise CaiError(f"unknown backend {requested!r}; use one of {', '.join(BACKENDS)}")
+    if requested == "transformers":
+        return "transformers"
+    if requested == "unsloth":
+        if not _cuda():
+            raise CaiError("backend unsloth needs a CUDA GPU; on this machine use backend: transformers (or auto)")
+        if not _importable("unsloth"):
+            raise CaiError("backend unsloth requested but unsloth is not installed - install the gpu extra: pip install -e '.[gpu]'")
+        return "unsloth"
+    return "unsloth" if _cuda() and _importable("unsloth") else "transformers"
+
+
+def resolve_dtype(dtype: str = "auto"):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if _cuda() else torch.float32
+    if dtype not in _DTYPES:
+        raise CaiError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return getattr(torch, _DTYPES[dtype])
+
+
+def _quant_config(quantization: str, dtype):
+    if quantization not in QUANTIZATIONS:
+        raise CaiError(f"unknown quantization {quantization!r}; use one of {', '.join(QUANTIZATIONS)}")
+    if quantization == "none":
+        return None
+    if not _cuda():
+        raise CaiError(f"quantization {quantization} needs a CUDA GPU (bitsandbytes); on CPU set quantization: none")
+    if not _importable("bitsandbytes"):
+        raise CaiError(f"quantization {quantization} needs bitsandbytes - install the gpu extra: pip install -e '.[gpu]'")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_spec(spec: str) -> tuple[Path, str, dict]:
+    """(folder to load, name to check for instruction tuning, source info)."""
+    spec = str(spec).strip()
+    if not spec:
+        raise CaiError("base_model is empty; pass a model folder, a hub id, a .gguf file or embedded:gemma-3-270m")
+    if spec.startswith("embedded:") or spec == "embedded":
+        from .embedded import EMBEDDED, conversion_info, embedded_model_dir
+
+        name = spec.split(":", 1)[1] if ":" in spec else "gemma-3-270m"
+        folder = embedded_model_dir(name)
+        return folder, EMBEDDED[name]["folder"], {"source": "embedded", "conversion": conversion_info(folder)}
+    path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        from .embedded import conversion_info, gguf_model_dir
+
+        folder = gguf_model_dir(path)
+        return folder, path.name, {"source": "gguf", "gguf": str(path), "conversion": conversion_info(folder)}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CaiError(f"model folder {path} has no config.json - pass a transformers model folder (save_pretrained output)")
+        return path, path.resolve().name, {"source": "folder"}
+    if path.exists():
+        raise CaiError(f"model path {path} is a file; pass its folder, a .gguf file, a hub id or embedded:gemma-3-270m")
+    looks_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec.replace("/", "") \
+        or not _HUB_ID.match(spec)
+    if looks_path:
+        raise CaiError(f"model path {spec} does not exist - check base_model (a folder, a .gguf file, a hub id or embedded:gemma-3-270m)")
+    return _hub_folder(spec), spec, {"source": "hub", "hub_id": spec}
+
+
+def _hub_folder(repo_id: str) -> Path:
+    how = (f"pre-download it on a machine with network: `huggingface-cli download {repo_id} --local-dir models/"
+           f"{repo_id.split('/')[-1]}`, copy the folder here and pass that folder as base_model")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - transformers depends on it
+        raise CaiError(f"model {repo_id} is not a local folder and huggingface_hub is missing; {how}") from None
+    try:  # the local cache first: never touch the network when the files are already here
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        pass
+    if _offline():
+        raise CaiError(f"model {repo_id} is not a local folder or in the Hugging Face cache, and the hub is offline; {how}")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CaiError(f"could not download model {repo_id} ({first[:160]}); {how}") from None
+
+
+def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", backend: str = "auto",
+              trust_remote_code: bool = False, allow_instruct: bool = False) -> Loaded:
+    """Load a base model and its guarded tokenizer.
+
+    Arguments are validated before anything heavy is loaded, so a typo fails in a second.
+    """
+    t0 = time.perf_counter()
+    torch_dtype = resolve_dtype(dtype)
+    chosen = pick_backend(backend)
+    qcfg = _quant_config(quantization, torch_dtype)
+    folder, check_name, source = resolve_spec(spec)
+
+    flagged = guard.is_instruct_name(check_name)
+    instruct_check = {"name": check_name, "instruct_like": flagged, "allowed": allow_instruct}
+    if flagged and not allow_instruct:
+        raise CaiError(
+            f"model {check_name!r} looks instruction-tuned (its name marks it Instruct/-it/chat/sft/dpo); stage 1 "
+            "needs a base model - pass a base checkpoint, or set allow_instruct: true to use it deliberately"
+        )
+
+    if chosen == "unsloth":
+        model, tok = _load_unsloth(folder, torch_dtype, quantization, trust_remote_code)
+    else:
+        model, tok = _load_transformers(folder, torch_dtype, qcfg, trust_remote_code)
+
+    # Config names can betray an instruct checkpoint behind a neutral folder name.
+    for n in (getattr(model.config, "_name_or_path", None), getattr(model.config, "_model_name_or_path", None)):
+        if n and guard.is_instruct_name(Path(str(n)).name):
+            instruct_check["config_name"] = n
+            instruct_check["instruct_like"] = True
+            if not allow_instruct:
+                raise CaiError(f"model config names it {n!r}, which looks instruction-tuned; pass a base "
+                               "checkpoint, or set allow_instruct: true to use it deliberately")
+
+    guard.strip_chat_template(tok)
+    if tok.pad_token_id is None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token  # batching needs a pad id; it is masked out anyway
+    tok.padding_side = "left"
+    pol = guard.bos_policy(tok, model)
+    gc = getattr(model, "generation_config", None)
+    if gc is not None and gc.eos_token_id is None and tok.eos_token_id is not None:
+        gc.eos_token_id = tok.eos_token_id
+
+    info = {
+        **source,
+        "dtype": str(torch_dtype).replace("torch.", ""),
+        "quantization": quantization,
+        "device": str(getattr(model, "device", "cpu")),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "trust_remote_code": trust_remote_code,
+        "instruct_check": instruct_check,
+        "bos_policy": pol["mode"],
+        "load_seconds": round(time.perf_counter() - t0, 2),
+    }
+    return Loaded(model=model, tokenizer=tok, backend=chosen, spec=str(spec), resolved_path=Path(folder), info=info)
+
+
+def _load_transformers(folder: Path, torch_dtype, qcfg, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = {"trust_remote_code": trust_remote_code, "local_files_only": True}
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), **kw)
+        mkw = dict(kw, dtype=torch_dtype)
+        if qcfg is not None:
+            mkw.update(quantization_config=qcfg, device_map={"": 0})
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **mkw)
+    except (OSError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CaiError(f"could not load a causal LM from {folder}: {first[:200]}") from None
+    if qcfg is None and _cuda():
+        model.to("cuda")
+    model.eval()
+    return model, tok
+
+
+def _load_unsloth(folder: Path, torch_dtype, quantization: str, trust_remote_code: bool):
+    # Imported here: unsloth patches transformers on import and needs CUDA.
+    from unsloth import FastLanguageModel  # type: ignore
+
+    model, tok = FastLanguageModel.from_pretrained(
+        model_name=str(folder),
+        dtype=torch_dtype,
+        load_in_4bit=quantization == "4bit",
+        load_in_8bit=quantization == "8bit",
+        trust_remote_code=trust_remote_code,
+    )
+    # For multimodal-capable families unsloth may return a processor; the guard needs the text tokenizer.
+    tok = getattr(tok, "tokenizer", tok)
+    return model, tok
