@@ -1,0 +1,307 @@
+"""DPO training on a tiny Gemma-3-shaped model: tokenization, learning, resume, records.
+
+Each training run is a few dozen milliseconds of compute on a ~20k-parameter model; the
+file's time is mostly TRL's import and trainer construction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from cai_lib.config import RunConfig
+from cai_lib.errors import CaiError
+from cai_lib.jsonl import read_json, write_jsonl
+from cai_lib import train
+
+torch.set_num_threads(1)
+
+ANSWERS = ["Paris.", "Four.", "Yes.", "red, green and blue."]
+RAMBLE = "Q: What is two plus two?\nA: Four.\nQ: What is the capital"
+
+
+@dataclass
+class FakeLoaded:
+    """The fields of models.Loaded that training reads."""
+    model: object
+    tokenizer: object
+    backend: str = "transformers"
+    spec: str = "tiny"
+    resolved_path: str = ""
+    info: dict = field(default_factory=dict)
+
+
+def load_dir(path) -> FakeLoaded:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return FakeLoaded(model, tok, spec=f"tiny:{Path(path).name}", resolved_path=str(path))
+
+
+def easy_pairs(n=8):
+    """chosen: a short answer; rejected: a ramble that opens a new question."""
+    return [{"prompt": f"Answer this question: What is {i} plus {i}?", "chosen": ANSWERS[i % 4],
+             "rejected": RAMBLE, "strategy": "test", "item_id": f"t-{i}", "type": "qa"} for i in range(n)]
+
+
+def small_cfg(**kw) -> RunConfig:
+    base = dict(lora_r=8, lora_alpha=16, learning_rate=1e-2, max_steps=8, save_steps=4, per_device_batch_size=4,
+                warmup_ratio=0.1, max_length=64, max_prompt_length=32, seed=0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    d = tmp_path / "run"
+    write_jsonl(d / "data" / "preference_pairs.jsonl", easy_pairs())
+    return d
+
+
+def pairs_path(run_dir):
+    return run_dir / "data" / "preference_pairs.jsonl"
+
+
+def probe_logits(model, tok):
+    ids = train.encode_prompt(tok, "Answer this question: What is 1 plus 1?") + tok("\nFour.", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits.float()
+
+
+# ---------------------------------------------------------------------------------------
+# tokenization
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("leading_space,sep", [(False, "\n"), (True, " ")])
+def test_prompt_plus_chosen_is_bos_prompt_completion_eos(tiny_tok, leading_space, sep):
+    row = {"prompt": "Answer this question: What is the capital of France?", "chosen": "  Paris.\n", "rejected": "Q: next"}
+    enc = train.encode_pair(tiny_tok, row, leading_space=leading_space)
+    full = enc["prompt_ids"] + enc["chosen_ids"]
+    bos, eos = tiny_tok.bos_token_id, tiny_tok.eos_token_id
+    # BOS exactly once, first; EOS exactly once, last.
+    assert full[0] == bos and full.count(bos) == 1
+    assert full[-1] == eos and full.count(eos) == 1
+    assert enc["rejected_ids"][-1] == eos and enc["rejected_ids"].count(eos) == 1
+    # The prompt is what evaluation encodes: BOS + the raw instruction, no chat template.
+    assert enc["prompt_ids"] == [bos] + tiny_tok(row["prompt"], add_special_tokens=False)["input_ids"]
+    turn = tiny_tok.convert_tokens_to_ids("<start_of_turn>")
+    assert turn not in full
+    # The text the model is taught to write after the instruction: separator + answer, then EOS.
+    assert tiny_tok.decode(enc["chosen_ids"][:-1]) == sep + "Paris."
+    assert tiny_tok.decode(full, skip_special_tokens=True) == row["prompt"] + sep + "Paris."
+
+
+def test_prompt_ending_in_newline_gets_no_second_newline(tiny_tok):
+    enc = train.encode_pair(tiny_tok, {"prompt": "List three colors.\n", "chosen": "red", "rejected": "Q:"}, leading_space=False)
+    assert tiny_tok.decode(enc["chosen_ids"][:-1]) == "red"
+
+
+def test_long_pairs_are_dropped_and_counted(tiny_tok):
+    rows = easy_pairs(4) + [
+        {"prompt": "What is two plus two? " * 20, "chosen": "Four.", "rejected": "Five."},
+        {"prompt": "Is water wet?", "chosen": "Yes. " * 40, "rejected": "No."},
+        {"prompt": "Is water wet?", "chosen": "Yes.", "rejected": " Yes. "},
+        {"prompt": "Is water wet?", "chosen": "  ", "rejected": "No."},
+    ]
+    records, counts = train.prepare_pairs(tiny_tok, rows, small_cfg())
+    assert counts["total"] == 8 and counts["used"] == 4 == len(records)
+    assert counts["dropped_prompt_too_long"] == 1 and counts["dropped_too_long"] == 1
+    assert counts["dropped_identical"] == 1 and counts["dropped_empty"] == 1
+    assert all(len(r["prompt_ids"]) + len(r["chosen_ids"]) <= 64 for r in records)
+
+
+def test_all_pairs_too_long_is_an_error(tiny_tok, tmp_path):
+    with pytest.raises(CaiError, match="all 8 pairs were dropped"):
+        train.prepare_pairs(tiny_tok, easy_pairs(), small_cfg(max_length=8))
+
+
+@pytest.mark.parametrize("content,match", [
+    ("", "no preference pairs"),
+    ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen"\n', "not valid JSON"),
+    ('{"prompt": "a", "chosen": "b"}\n', "missing field 'rejected'"),
+    ('{"prompt": "a", "chosen": 3, "rejected": "c"}\n', "must be a string"),
+])
+def test_bad_pairs_file(tmp_path, content, match):
+    p = tmp_path / "pairs.jsonl"
+    p.write_text(content)
+    with pytest.raises(CaiError, match=match):
+        train.load_pairs(p)
+
+
+# ---------------------------------------------------------------------------------------
+# backend
+# ---------------------------------------------------------------------------------------
+
+def test_backend_follows_the_machine():
+    assert train.pick_training_backend("auto", "none", cuda=False) == "transformers"
+    assert train.pick_training_backend("transformers", "none", cuda=False) == "transformers"
+    assert train.pick_training_backend("auto", "4bit", cuda=True, unsloth=True) == "unsloth"
+    assert train.pick_training_backend("auto", "4bit", cuda=True, unsloth=False) == "transformers+bnb4"
+    assert train.pick_training_backend("transformers", "4bit", cuda=True, unsloth=True, loaded_backend="transformers") == "transformers+bnb4"
+    assert train.pick_training_backend("auto", "4bit", cuda=True, loaded_backend="unsloth") == "unsloth"
+    with pytest.raises(CaiError, match="unsloth needs a CUDA GPU"):
+        train.pick_training_backend("unsloth", "none", cuda=False)
+    with pytest.raises(CaiError, match="needs a CUDA GPU"):
+        train.pick_training_backend("auto", "4bit", cuda=False)
+    with pytest.raises(CaiError, match="not one of"):
+        train.pick_training_backend("deepspeed", "none", cuda=False)
+    with pytest.raises(CaiError, match="not installed"):
+        train.pick_training_backend("unsloth", "4bit", cuda=True, unsloth=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_4bit_or_unsloth_on_cpu_refused_before_anything_is_written(tiny_model_dir, run_dir):
+    loaded = load_dir(tiny_model_dir)
+    for kw in ({"quantization": "4bit"}, {"backend": "unsloth"}):
+        with pytest.raises(CaiError, match="CUDA"):
+            train.train_dpo(loaded, pairs_path(run_dir), run_dir, small_cfg(**kw), progress=False)
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "adapter").exists()
+
+
+def test_all_linear_expands_to_projection_names(tiny_lm):
+    names = train.resolve_target_modules(tiny_lm, ["all-linear"])
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= set(names)
+    assert "lm_head" not in names
+    assert train.resolve_target_modules(tiny_lm, ["q_proj"]) == ["q_proj"]
+
+
+# ---------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------
+
+class CaptureTrained:
+    """Grabs the trained policy's logits at the end of training (before unloading)."""
+
+    def __new__(cls, tok):
+        from transformers import TrainerCallback
+
+        class _Cb(TrainerCallback):
+            logits = None
+
+            def on_train_end(self, args, state, control, model=None, **kw):
+                model.eval()
+                _Cb.logits = probe_logits(model, tok)
+                with model.disable_adapter():
+                    _Cb.base_logits = probe_logits(model, tok)
+
+        return _Cb()
+
+
+def test_dpo_learns_and_records(tiny_model_dir, run_dir):
+    from cai_lib.adapters import adapter_disabled, check_adapter_matches, load_adapter
+
+    loaded = load_dir(tiny_model_dir)
+    base_before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    cap = CaptureTrained(loaded.tokenizer)
+    summary = train.train_dpo(loaded, pairs_path(run_dir), run_dir, small_cfg(max_steps=12, save_steps=6),
+                              progress=False, callbacks=[cap])
+
+    assert summary["finished"] and summary["steps"] == 12 and summary["backend"] == "transformers"
+    log = read_json(run_dir / "results" / "training_log.json")
+    steps = log["steps"]
+    assert [s["step"] for s in steps] == list(range(1, 13))
+    for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "accuracy", "learning_rate",
+                "grad_norm", "tokens_seen", "wall_s", "steps_per_s", "peak_memory_bytes"):
+        assert steps[-1][key] is not None, key
+    losses = [s["loss"] for s in steps]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05
+    assert steps[-1]["reward_margin"] > 0 and steps[-1]["accuracy"] == 1.0
+    # tokens seen: cumulative non-pad tokens of both sequences of every pair processed
+    per_epoch = sum(len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"])
+                    for r in train.prepare_pairs(loaded.tokenizer, easy_pairs(), small_cfg())[0])
+    assert summary["tokens_seen"] == steps[-1]["tokens_seen"] == per_epoch * 6  # 12 steps of 4 = 6 epochs of 8
+    assert all(b["tokens_seen"] > a["tokens_seen"] for a, b in zip(steps, steps[1:]))
+    assert summary["peak_memory_bytes"] > 0
+
+    # base weights untouched; the LoRA layers were taken out again after training
+    after = loaded.model.state_dict()
+    assert set(after) == set(base_before)
+    assert all(torch.equal(after[k], base_before[k]) for k in base_before)
+
+    # adapter on disk: LoRA B matrices moved away from their zero init; metadata recorded
+    from safetensors.torch import load_file
+    ad = run_dir / "adapter"
+    weights = load_file(str(ad / "adapter_model.safetensors"))
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    meta = json.loads((ad / "cai_adapter.json").read_text())
+    assert meta["pairs_sha256"] == summary["pairs_sha256"] and meta["training_config"]["loss_type"] == ["sigmoid", "sft"]
+    check_adapter_matches(ad, loaded)
+
+    # reload on a fresh base reproduces the trained model's logits; disabled = the base
+    fresh = load_dir(tiny_model_dir)
+    fresh_base_logits = probe_logits(fresh.model, fresh.tokenizer)
+    peft_model = load_adapter(fresh.model, ad)
+    assert torch.allclose(probe_logits(peft_model, fresh.tokenizer), cap.logits, atol=1e-5)
+    assert not torch.allclose(cap.logits, fresh_base_logits, atol=1e-3)  # training changed something
+    with adapter_disabled(peft_model):
+        assert torch.allclose(probe_logits(peft_model, fresh.tokenizer), fresh_base_logits, atol=1e-6)
+    assert torch.allclose(cap.base_logits, fresh_base_logits, atol=1e-6)
+    merged = load_adapter(load_dir(tiny_model_dir).model, ad, merge=True)
+    assert not hasattr(merged, "peft_config")
+    assert torch.allclose(probe_logits(merged, fresh.tokenizer), cap.logits, atol=1e-4)
+
+
+def test_resume_after_interruption_continues_not_restarts(tiny_model_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 5:
+                raise RuntimeError("simulated kill at step 5")
+
+    cfg = small_cfg(max_steps=8, save_steps=2)
+    run = tmp_path / "interrupted"
+    write_jsonl(run / "data" / "preference_pairs.jsonl", easy_pairs())
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train.train_dpo(load_dir(tiny_model_dir), pairs_path(run), run, cfg, progress=False, callbacks=[Crash()])
+    assert [p.name for p in train.complete_checkpoints(run / "checkpoints")][-1] == "checkpoint-4"
+    assert not (run / "adapter").exists()
+
+    resumed = train.train_dpo(load_dir(tiny_model_dir), pairs_path(run), run, cfg, progress=False)
+    assert resumed["resumed_from"].endswith("checkpoint-4")
+    assert resumed["session_start_step"] == 4 and resumed["steps"] == 8
+    log = read_json(run / "results" / "training_log.json")
+    assert [s["step"] for s in log["steps"]] == list(range(1, 9))  # each step once: step 5 redone, not doubled
+    assert [s["session"] for s in log["steps"]] == [0] * 4 + [1] * 4
+    assert log["sessions"][-1]["resumed_from"].endswith("checkpoint-4") and log["sessions"][-1]["start_step"] == 4
+
+    # Same result as never stopping: optimizer, scheduler, data order and RNG were restored.
+    straight = tmp_path / "straight"
+    write_jsonl(straight / "data" / "preference_pairs.jsonl", easy_pairs())
+    whole = train.train_dpo(load_dir(tiny_model_dir), pairs_path(straight), straight, cfg, progress=False)
+    straight_log = read_json(straight / "results" / "training_log.json")["steps"]
+    assert [round(s["loss"], 5) for s in straight_log] == [round(s["loss"], 5) for s in log["steps"]]
+    assert whole["tokens_seen"] == resumed["tokens_seen"]
+    from safetensors.torch import load_file
+    a = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(straight / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_checkpoint_of_another_base_model_is_refused(tiny_model_dir, run_dir, tmp_path):
+    from tiny import save_tiny
+
+    train.train_dpo(load_dir(tiny_model_dir), pairs_path(run_dir), run_dir, small_cfg(max_steps=2, save_steps=2), progress=False)
+    before = sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file())
+    other = save_tiny(tmp_path / "other-base", seed=1)
+    for resume in (True, False):
+        with pytest.raises(CaiError, match="different base model"):
+            train.train_dpo(load_dir(other), pairs_path(run_dir), run_dir, small_cfg(max_steps=2, save_steps=2),
+                            resume=resume, progress=False)
+    after = sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file())
+    assert after == before  # nothing overwritten
+
+
+def test_changed_settings_refuse_resume_but_fresh_start_works(tiny_model_dir, run_dir):
+    train.train_dpo(load_dir(tiny_model_dir), pairs_path(run_dir), run_dir, small_cfg(max_steps=2, save_steps=2), progress=False)
+    with pytest.raises(CaiError, match="other settings"):
+        train.train_dpo(load_dir(tiny_model_dir), pairs_path(run_dir), run_dir,
+                        small_cfg(max_steps=2, save_steps=2, beta=0.5), progress=False)
+    s = train.train_dpo(load_dir(tiny_model_dir), pairs_path(run_dir), run_dir,
+                        small_cfg(max_steps=2, save_steps=2, beta=0.5), resume=False, progress=False)
+    assert s["resumed_from"] is None and s["steps"] == 2
