@@ -68,6 +68,7 @@ class RunConfig:
     max_prompt_length: int = 128
     warmup_ratio: float = 0.1
     save_steps: int = 10
+    save_total_limit: int = 2  # newest checkpoints kept (two: the newest may be cut by a kill mid-save)
     precompute_ref_log_probs: bool = False
     gradient_checkpointing: bool = False
 
