@@ -488,5 +488,10 @@ def score_file(path, out=None, by: Sequence[str] | None = None) -> dict:
         by = ("type",) + (("format",) if any("format" in r for r in rows) else ())
     summary = summarize(scored, by=by)
     if out:
-        write_jsonl(out, scored)
+        if Path(out).is_dir():
+            raise CaiError(f"{out}: is a folder — pass a file path for the scored records (-o OUT.jsonl)")
+        try:
+            write_jsonl(out, scored)
+        except OSError as exc:
+            raise CaiError(f"{out}: cannot write ({exc.strerror}) — choose a writable output path") from None
     return summary

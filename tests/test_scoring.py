@@ -506,6 +506,14 @@ def test_cai_score_missing_file_and_folder(tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
 
 
+def test_cai_score_output_path_is_a_folder(tmp_path, capsys):
+    src = _write(tmp_path / "r.jsonl", [rec("Paris.", [PARIS])])
+    (tmp_path / "outdir").mkdir()
+    assert cai_main(["score", str(src), "-o", str(tmp_path / "outdir")]) != 0
+    assert "is a folder" in capsys.readouterr().err
+    assert list((tmp_path / "outdir").iterdir()) == []
+
+
 def test_scoring_does_not_import_torch():
     code = ("import sys, cai_lib.scoring, cai_lib.items, cai_lib.cli; "
             "assert 'torch' not in sys.modules, 'torch imported'")
