@@ -52,7 +52,8 @@ LOOSE_DETECTORS: tuple[str, ...] = ("empty", "echo")
 # Markers that open a new prompt on a later line: the model has stopped answering and
 # started writing the next exercise of an imagined document.
 _PROMPT_MARKERS = ("q", "question", "instruction", "human", "user")
-_PROMPT_RE = re.compile(r"(?:%s)\s*:" % "|".join(_PROMPT_MARKERS), re.IGNORECASE)
+# A number between marker and colon ("Question 2:", "Q3:") still opens a new prompt.
+_PROMPT_RE = re.compile(r"(?:%s)\s*\d*\s*:" % "|".join(_PROMPT_MARKERS), re.IGNORECASE)
 
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
@@ -143,7 +144,7 @@ def count_sentences(text: str) -> int:
         head = text[start:m.start()]
         if m.group().startswith(".") and not any(c in m.group() for c in "!?") and head.split():
             token = head.split()[-1]
-            core = token.lower()
+            core = token.lower().lstrip("([\"'")
             line_start = text.rfind("\n", 0, m.start()) + 1
             first_on_line = text[line_start:m.start()].strip() == token
             if (core in _ABBREVIATIONS or _INITIALS_RE.fullmatch(core)

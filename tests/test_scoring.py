@@ -232,6 +232,8 @@ def test_echo_detector_is_whitespace_and_case_normalized():
     "Paris.\nAnswer this question: What is the capital of Spain?",   # the instruction's first three words
     "Paris.\nanswer THIS question - what is 2+2?",
     "\nQ: What is the capital of Spain?",                             # a new prompt straight away
+    "Paris.\nQuestion 2: What is the capital of Spain?",
+    "Paris.\n**Q3:** What is 2+2?",
 ])
 def test_continuation_detector_fires(response):
     assert "continuation" in detect(response, "Answer this question: What is the capital of France?")
@@ -243,6 +245,7 @@ def test_continuation_detector_fires(response):
     "Paris.\nIt has been the capital for centuries.\nA question: why?",
     "Paris.\nAnswer: Paris",
     "Paris.\nAnswer this: it's Paris.",               # only two of the first three words
+    "Paris.\nQuestions like this are easy.\nUsers: many.\nQuote: none",
 ])
 def test_continuation_detector_quiet(response):
     assert "continuation" not in detect(response, "Answer this question: What is the capital of France?")
