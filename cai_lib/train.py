@@ -13,7 +13,7 @@ appended as *text* and re-tokenized. So `encode_pair` builds the ids itself and 
 `DPOTrainer` subclass skips TRL's text pass (`_prepare_dataset` returns the dataset as
 is; the collator, loss and logging are TRL's):
 
-    prompt_ids = [BOS] + tokenize(instruction)      exactly what evaluation encodes
+    prompt_ids = guard.encode_prompts([instruction])  exactly what evaluation encodes: [BOS] + ids
     chosen_ids = tokenize(SEP + chosen.strip()) + [EOS]
     rejected_ids = tokenize(SEP + rejected.strip()) + [EOS]
 
@@ -31,7 +31,8 @@ Pairs too long are dropped, never truncated (a cut chosen loses its EOS and woul
 the model not to stop): a pair is dropped when its prompt exceeds `max_prompt_length`
 tokens or prompt + chosen or prompt + rejected exceeds `max_length`. Counts are
 reported; pairs whose chosen or rejected is empty, or identical to each other, are
-dropped too (no preference to learn). All dropped is a CaiError.
+dropped too (no preference to learn), and so are completions holding special-token text
+(an "<eos>" inside an answer would tokenize to EOS mid-answer). All dropped is a CaiError.
 
 Backends: "unsloth" (CUDA: Unsloth FastLanguageModel 4-bit QLoRA, adapter via
 `FastLanguageModel.get_peft_model`), "transformers+bnb4"/"transformers+bnb8" (CUDA:
@@ -103,11 +104,11 @@ def completion_text(prompt: str, text: str, leading_space: bool) -> str:
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
-    """BOS (when the tokenizer has one) + the instruction's tokens, never a chat template:
-    the ids evaluation feeds the model."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    return ([bos] if bos is not None else []) + list(ids)
+    """The ids evaluation feeds the model: `guard.encode_prompts` (one BOS where the
+    tokenizer/model use one, then the raw text; chat markers refused), shared with
+    `generate.generate` so training and evaluation prompts are the same tokens."""
+    from .guard import encode_prompts
+    return encode_prompts(tokenizer, [text])[0]
 
 
 def _encode_completion(tokenizer, prompt: str, prompt_body: list[int], completion: str) -> tuple[list[int], bool]:
@@ -124,10 +125,14 @@ def encode_pair(tokenizer, row: dict, *, leading_space: bool) -> dict:
     if eos is None:
         raise CaiError("the tokenizer has no eos_token — training must teach the model to stop; use a tokenizer with an EOS token")
     prompt_ids = encode_prompt(tokenizer, prompt)
-    body = prompt_ids[1:] if tokenizer.bos_token_id is not None else prompt_ids
-    out = {"prompt_ids": prompt_ids, "boundary_retokenized": False}
+    body = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if prompt_ids[len(prompt_ids) - len(body):] != body:
+        raise CaiError(f"internal: prompt encoding is not BOS + text for {prompt[:40]!r}")
+    out = {"prompt_ids": prompt_ids, "boundary_retokenized": False, "special_in_completion": False}
+    specials = set(getattr(tokenizer, "all_special_ids", []) or [])
     for key in ("chosen", "rejected"):
         ids, merged = _encode_completion(tokenizer, prompt, body, completion_text(prompt, row[key], leading_space))
+        out["special_in_completion"] |= any(t in specials for t in ids)
         out[f"{key}_ids"] = ids + [eos]
         out["boundary_retokenized"] |= merged
     return out
@@ -136,16 +141,23 @@ def encode_pair(tokenizer, row: dict, *, leading_space: bool) -> dict:
 def prepare_pairs(tokenizer, rows: list[dict], cfg, *, source="pairs") -> tuple[list[dict], dict]:
     """Encode every pair and apply the drop rules; returns (records, counts)."""
     counts = {"total": len(rows), "used": 0, "dropped_prompt_too_long": 0, "dropped_too_long": 0,
-              "dropped_empty": 0, "dropped_identical": 0, "boundary_retokenized": 0}
+              "dropped_empty": 0, "dropped_identical": 0, "dropped_special_tokens": 0, "boundary_retokenized": 0}
     records = []
-    for row in rows:
+    for i, row in enumerate(rows, 1):
         if not row["chosen"].strip() or not row["rejected"].strip():
             counts["dropped_empty"] += 1
             continue
         if row["chosen"].strip() == row["rejected"].strip():
             counts["dropped_identical"] += 1
             continue
-        enc = encode_pair(tokenizer, row, leading_space=cfg.chosen_leading_space)
+        try:
+            enc = encode_pair(tokenizer, row, leading_space=cfg.chosen_leading_space)
+        except CaiError as exc:
+            raise CaiError(f"{source}: pair {i}: {exc}") from None
+        if enc.pop("special_in_completion"):
+            # e.g. "<eos>" written out as text: it would tokenize to a second EOS mid-answer
+            counts["dropped_special_tokens"] += 1
+            continue
         n_p = len(enc["prompt_ids"])
         if n_p > cfg.max_prompt_length:
             counts["dropped_prompt_too_long"] += 1

@@ -106,11 +106,12 @@ def test_long_pairs_are_dropped_and_counted(tiny_tok):
         {"prompt": "Is water wet?", "chosen": "Yes. " * 40, "rejected": "No."},
         {"prompt": "Is water wet?", "chosen": "Yes.", "rejected": " Yes. "},
         {"prompt": "Is water wet?", "chosen": "  ", "rejected": "No."},
+        {"prompt": "Is water wet?", "chosen": "Yes.<eos> Q: more", "rejected": "No."},
     ]
     records, counts = train.prepare_pairs(tiny_tok, rows, small_cfg())
-    assert counts["total"] == 8 and counts["used"] == 4 == len(records)
+    assert counts["total"] == 9 and counts["used"] == 4 == len(records)
     assert counts["dropped_prompt_too_long"] == 1 and counts["dropped_too_long"] == 1
-    assert counts["dropped_identical"] == 1 and counts["dropped_empty"] == 1
+    assert counts["dropped_identical"] == 1 and counts["dropped_empty"] == 1 and counts["dropped_special_tokens"] == 1
     assert all(len(r["prompt_ids"]) + len(r["chosen_ids"]) <= 64 for r in records)
 
 
