@@ -1,0 +1,465 @@
+"""Instruction pools with verifiable checks, the train/eval split and the persistent eval set.
+
+Every item is built from a curated fact (cai_lib/facts) and a template, and carries a
+`topic` key naming the fact it asks about. The split is by topic, deterministic (a hash of
+the topic group), so every phrasing of one fact lands on the same side and no eval
+question is a rephrasing of a train question. Topics that the leakage detector links (two
+tables asking about the same entity, e.g. "Is Paris in France?" and "What is the capital of
+France?") are merged into one group before splitting, so the split is leak-free by
+construction and the guard in `write_split` double-checks the sampled files.
+
+Checks are fair to a correct answer: value checks use generous accepted-answer lists, and
+length/shape checks appear only when the instruction asks for them ("in one sentence" ->
+sentences 1, "in one word" -> max_words 1, "List three" -> items 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+
+from . import facts as F
+from .errors import CaiError
+from .jsonl import read_jsonl, write_json, write_jsonl
+
+TYPES = ("qa", "completion", "generation", "response")
+EVAL_PERCENT = 25  # share of topic groups held out for evaluation
+SPLIT_SALT = "cai-split-v1"
+
+_NUM_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+              "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+              "nineteen", "twenty"]
+_TENS = {2: "twenty", 3: "thirty", 4: "forty", 5: "fifty", 6: "sixty", 7: "seventy", 8: "eighty", 9: "ninety"}
+
+
+def _h(*parts) -> int:
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+
+def _pick(options, *key):
+    """Deterministic choice keyed by the fact, so adding facts never reshuffles others."""
+    return options[_h(*key) % len(options)]
+
+
+def _number_words(n: int) -> list[str]:
+    if n <= 20:
+        return [_NUM_WORDS[n]]
+    if n < 100:
+        t, u = divmod(n, 10)
+        return [_TENS[t]] if u == 0 else [f"{_TENS[t]}-{_NUM_WORDS[u]}", f"{_TENS[t]} {_NUM_WORDS[u]}"]
+    if n == 100:
+        return ["one hundred", "a hundred"]
+    if n == 1000:
+        return ["one thousand", "a thousand"]
+    return []
+
+
+def number_check(n: int) -> dict:
+    """`number` where the scorer reads words (<= 20); beyond that digits or spelled-out words."""
+    if n <= 20:
+        return {"kind": "number", "value": n}
+    return {"kind": "contains_any", "values": [str(n)] + _number_words(n)}
+
+
+def _any(values) -> dict:
+    return {"kind": "contains_any", "values": list(values)}
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _item(out, topic, typ, instruction, checks, source):
+    out.append({"type": typ, "instruction": instruction, "checks": checks, "topic": topic, "source": source})
+
+
+# ---- builders: each yields items for one fact table -------------------------------------
+
+def _capitals(out):
+    for country, caps in F.CAPITALS:
+        t = f"capital:{country.lower().replace('the ', '')}"
+        _item(out, t, "qa", _pick(["Answer this question: What is the capital of {c}?", "Q: What is the capital of {c}?",
+                                   "Question: Which city is the capital of {c}?", "What is the capital city of {c}?"],
+                                  t, "qa").format(c=country), [_any(caps)], "capitals")
+        _item(out, t, "completion", _pick(["Complete this sentence: The capital of {c} is",
+                                           "Fill in the blank: The capital of {c} is ___."], t, "co").format(c=country),
+              [_any(caps)], "capitals")
+        _item(out, t, "response", _pick(["Reply to: Hi! Do you know what the capital of {c} is?",
+                                         "Reply to this message: I'm planning a trip to {c}. Which city is its capital?",
+                                         "Respond to: Quick question, what is the capital of {c}?"], t, "re").format(c=country),
+              [_any(caps)], "capitals")
+        if _h(t, "gen") % 2 == 0:
+            _item(out, t, "generation", f"Write one sentence that names the capital of {country}.",
+                  [_any(caps), {"kind": "sentences", "n": 1}], "capitals")
+
+
+def _arithmetic(out):
+    ops = {"add": ("plus", lambda a, b: a + b), "mul": ("times", lambda a, b: a * b),
+           "sub": ("minus", lambda a, b: a - b)}
+    templates = {
+        "qa": ["Answer this question: What is {x} {op} {y}?", "Q: What is {x} {op} {y}?", "Question: How much is {x} {op} {y}?"],
+        "completion": ["Complete this sentence: {x} {op} {y} equals", "Fill in the blank: {x} {op} {y} is ___."],
+        "response": ["Reply to: Can you tell me what {x} {op} {y} is?", "Respond to this message: I need to know {x} {op} {y}. What is it?"],
+        "generation": ["Write one sentence that says what {x} {op} {y} equals."],
+    }
+    for a in range(1, 13):
+        for b in range(a, 13):
+            t = f"arith:{a},{b}"
+            wanted = ["add"] + (["mul"] if a >= 2 else []) + (["sub"] if b > a else [])
+            start = _h(t) % 4
+            for k, op in enumerate(wanted):
+                typ = TYPES[(start + k) % 4]
+                word, fn = ops[op]
+                x, y = (b, a) if op == "sub" else _pick([(a, b), (b, a)], t, op)
+                ins = _pick(templates[typ], t, op).format(x=x, op=word, y=y)
+                checks = [number_check(fn(x, y))]
+                if typ == "generation":
+                    checks.append({"kind": "sentences", "n": 1})
+                _item(out, t, typ, ins, checks, "arithmetic")
+
+
+def _opposites(out):
+    asked = set()  # "light" is in two pairs (dark, heavy): ask about each word once
+    for a, b in F.OPPOSITES:
+        t = "opposite:" + "-".join(sorted((a, b)))
+        start = _h(t) % 4
+        for k, (w, ans) in enumerate(((a, b), (b, a))):
+            if w in asked:
+                continue
+            asked.add(w)
+            accepted = [ans] + F.OPPOSITE_ALTS.get(w, [])
+            typ = TYPES[(start + 2 * k) % 4]
+            if typ == "qa":
+                ins, checks = _pick(["What is the opposite of {w}?", "Q: What is the opposite of '{w}'?",
+                                     "Answer this question: What word means the opposite of {w}?"], t, w).format(w=w), [_any(accepted)]
+            elif typ == "completion":
+                ins, checks = _pick(["Complete this sentence: The opposite of {w} is",
+                                     "Fill in the blank: The opposite of '{w}' is ___."], t, w).format(w=w), [_any(accepted)]
+            elif typ == "response":
+                ins = f"Reply in one word: What is the opposite of {w}?"
+                checks = [_any(accepted), {"kind": "max_words", "n": 1}]
+            else:
+                ins = f"Write one sentence that uses the word '{w}' and its opposite."
+                checks = [{"kind": "contains_all", "values": [w]}, _any(accepted), {"kind": "sentences", "n": 1}]
+            _item(out, t, typ, ins, checks, "opposites")
+
+
+def _animals(out):
+    for animal, sounds, babies, homes in F.ANIMALS:
+        t = f"animal:{animal}"
+        art = "an" if animal[0] in "aeiou" else "a"
+        facts = []
+        if sounds:
+            facts.append(("sound", sounds, {
+                "qa": f"What sound does {art} {animal} make?",
+                "completion": f"Complete this sentence: The sound {art} {animal} makes is called a",
+                "response": f"Reply to: My little brother wants to know what sound {art} {animal} makes. What should I tell him?",
+                "generation": f"Write one sentence about the sound {art} {animal} makes."}))
+        if babies:
+            facts.append(("baby", babies, {
+                "qa": f"Q: What is a baby {animal} called?",
+                "completion": f"Fill in the blank: A baby {animal} is called a ___.",
+                "response": f"Reply to: What do you call a baby {animal}?",
+                "generation": f"Write one sentence that says what a baby {animal} is called."}))
+        if homes:
+            facts.append(("home", homes, {
+                "qa": f"Answer this question: Where does {art} {animal} usually live?",
+                "completion": f"Complete this sentence: {_cap(art)} {animal} usually lives in a",
+                "response": f"Reply to: Where would I find {art} {animal} living?",
+                "generation": f"Write one sentence about where {art} {animal} lives."}))
+        start = _h(t) % 4
+        for k, (_, accepted, phr) in enumerate(facts):
+            typ = TYPES[(start + k) % 4]
+            checks = [_any(accepted)] + ([{"kind": "sentences", "n": 1}] if typ == "generation" else [])
+            _item(out, t, typ, phr[typ], checks, "animals")
+
+
+def _colors(out):
+    for thing, colors, all_required in F.COLORS:
+        t = f"color:{thing}"
+        chk = {"kind": "contains_all", "values": colors} if all_required else _any(colors)
+        start = _h(t) % 4
+        variants = {
+            "qa": [f"What color is {thing}?", f"Q: What color is {thing}?"],
+            "completion": [f"Complete this sentence: The color of {thing} is", f"Fill in the blank: {_cap(thing)} is usually ___."],
+            "response": [f"Reply to: What color is {thing}?" if all_required else f"Reply in one word: What color is {thing}?"],
+            "generation": [f"Write one sentence that describes the color of {thing}."],
+        }
+        for k in range(2 + _h(t, "n") % 2):
+            typ = TYPES[(start + k) % 4]
+            checks = [chk]
+            if typ == "generation":
+                checks.append({"kind": "sentences", "n": 1})
+            if typ == "response" and not all_required:
+                checks.append({"kind": "max_words", "n": 1})
+            _item(out, t, typ, _pick(variants[typ], t, typ), checks, "colors")
+
+
+def _qa_table(out, rows, prefix, source):
+    """COUNTS / SPACE style rows: (slug, question, stem-or-blank, answer)."""
+    for slug, question, stem, answer in rows:
+        t = f"{prefix}:{slug}"
+        chk = number_check(answer) if isinstance(answer, int) else _any(answer)
+        comp = f"Fill in the blank: {stem}" if "___" in stem else _pick(
+            [f"Complete this sentence: {stem}", f"Fill in the blank: {stem} ___."], t, "co")
+        variants = {
+            "qa": _pick([f"Answer this question: {question}", f"Q: {question}", question], t, "qa"),
+            "completion": comp,
+            "response": f"Reply to: Quick question. {question}",
+            "generation": f"Write one sentence that answers this question: {question}",
+        }
+        start = _h(t) % 4
+        for k in range(3):
+            typ = TYPES[(start + k) % 4]
+            checks = [chk] + ([{"kind": "sentences", "n": 1}] if typ == "generation" else [])
+            _item(out, t, typ, variants[typ], checks, source)
+
+
+def _elements(out):
+    for name, sym in F.ELEMENTS:
+        t = f"element:{name}"
+        rows = {
+            "qa": (_pick([f"What is the chemical symbol for {name}?", f"Q: What is the chemical symbol of {name}?"], t, "qa"), [sym]),
+            "completion": (f"Complete this sentence: The chemical symbol for {name} is", [sym]),
+            "response": (f"Reply to: I forgot which element has the chemical symbol {sym}. Can you tell me?", [name]),
+            "generation": (f"Write one sentence that gives the chemical symbol for {name}.", [sym]),
+        }
+        start = _h(t) % 4
+        for k in range(2):
+            typ = TYPES[(start + k) % 4]
+            ins, ans = rows[typ]
+            checks = [_any(ans)] + ([{"kind": "sentences", "n": 1}] if typ == "generation" else [])
+            _item(out, t, typ, ins, checks, "elements")
+
+
+def _calendar(out, seq, unit, source):
+    for i, cur in enumerate(seq):
+        nxt = seq[(i + 1) % len(seq)]
+        t = f"{unit}:{cur.lower()}-{nxt.lower()}"
+        rows = {
+            "qa": (_pick([f"What {unit} comes after {cur}?", f"Q: Which {unit} comes right before {nxt}?"], t, "qa"), None),
+            "completion": (_pick([f"Complete this sentence: The {unit} after {cur} is", f"Fill in the blank: The {unit} before {nxt} is ___."], t, "co"), None),
+            "response": (f"Reply to: It is {cur} now. What {unit} comes next?", nxt),
+            "generation": (f"Write one sentence that says which {unit} comes after {cur}.", nxt),
+        }
+        start = _h(t) % 4
+        for k in range(3):
+            typ = TYPES[(start + k) % 4]
+            ins, ans = rows[typ]
+            if ans is None:
+                ans = cur if "before" in ins else nxt
+            checks = [_any([ans])] + ([{"kind": "sentences", "n": 1}] if typ == "generation" else [])
+            _item(out, t, typ, ins, checks, source)
+
+
+def _yes_no(out):
+    for q, ans in F.YES_NO:
+        t = "yesno:" + "-".join(q.lower().rstrip("?").split())
+        typ = _pick(["qa", "response"], t)
+        frame = _pick(["Answer with yes or no: {q}", "Answer yes or no: {q}"] if typ == "qa" else
+                      ["Respond with yes or no: {q}", "Reply with yes or no: {q}"], t, "f")
+        _item(out, t, typ, frame.format(q=q), [{"kind": "yes_no", "value": ans}], "yes_no")
+
+
+def _categories(out):
+    for slug, plural, members in F.CATEGORIES:
+        t = f"list:{slug}"
+        checks = [{"kind": "items", "n": 3}, _any(members)]
+        _item(out, t, "generation", _pick(["List three {p}.", "Name three {p}.", "Give three examples of {p}."], t, "g").format(p=plural),
+              checks, "categories")
+        typ = _pick(["qa", "response"], t)
+        ins = (f"Question: What are three {plural}?" if typ == "qa" else
+               _pick([f"Reply to: Can you name three {plural}?", f"Respond to this message: I need three {plural} for a quiz. Can you list them?"], t, "r"))
+        _item(out, t, typ, ins, checks, "categories")
+
+
+def _subjects(out):
+    for subject, keywords in F.SUBJECTS:
+        t = "about:" + subject.replace(" ", "-")
+        kw = _any(keywords)
+        rows = [
+            (f"Write one sentence about {subject}.", [kw, {"kind": "sentences", "n": 1}]),
+            (f"Write two sentences about {subject}.", [kw, {"kind": "sentences", "n": 2}]),
+            (f"Describe {subject} in one sentence.", [kw, {"kind": "sentences", "n": 1}]),
+            (f"Write a short sentence about {subject}, using at most twelve words.", [kw, {"kind": "sentences", "n": 1}, {"kind": "max_words", "n": 12}]),
+        ]
+        ins, checks = _pick(rows, t, "g")
+        _item(out, t, "generation", ins, checks, "subjects")
+        if _h(t, "r") % 2 == 0:
+            _item(out, t, "response", f"Reply to: Tell me something about {subject} in one sentence.",
+                  [kw, {"kind": "sentences", "n": 1}], "subjects")
+
+
+def _replies(out):
+    for slug, msg, accepted in F.REPLIES:
+        t = f"reply:{slug}"
+        ins = _pick(["Reply to: {m}", "Respond to this message: {m}", "Write a reply to this message: {m}"], t).format(m=msg)
+        _item(out, t, "response", ins, [_any(accepted)], "replies")
+        if _h(t, "2") % 2 == 0:
+            _item(out, t, "response", f"Reply in one sentence to: {msg}", [_any(accepted), {"kind": "sentences", "n": 1}], "replies")
+
+
+BUILDERS = (_capitals, _arithmetic, _opposites, _animals, _colors,
+            lambda o: _qa_table(o, F.COUNTS, "count", "counts"), lambda o: _qa_table(o, F.SPACE, "space", "space"),
+            _elements, lambda o: _calendar(o, F.DAYS, "day", "days"), lambda o: _calendar(o, F.MONTHS, "month", "months"),
+            _yes_no, _categories, _subjects, _replies)
+
+
+def build_all() -> list[dict]:
+    """Every templated item, before the split (no ids yet)."""
+    out: list[dict] = []
+    for b in BUILDERS:
+        b(out)
+    seen = set()
+    for it in out:
+        if it["instruction"] in seen:
+            raise CaiError(f"cai_lib/facts: duplicate instruction {it['instruction']!r} — fix the fact table")
+        seen.add(it["instruction"])
+    return out
+
+
+def topic_groups(items: list[dict]) -> dict[str, str]:
+    """topic -> group key. Topics the leakage detector links (the guard's own rule) are
+    merged, so facts it would call the same land on the same side."""
+    from .leakage import _entries, compare, content_model
+    parent = {it["topic"]: it["topic"] for it in items}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    ents = _entries([{"id": str(i), "instruction": it["instruction"], "checks": it["checks"]} for i, it in enumerate(items)], "pool")
+    for e, it in zip(ents, items):
+        e["topic"] = it["topic"]
+    model = content_model([it["instruction"] for it in items])
+    for pair in compare(ents, ents, model, skip=lambda e, o: e["topic"] == o["topic"]):
+        a, b = find(items[int(pair["eval_id"])]["topic"]), find(items[int(pair["other_id"])]["topic"])
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return {t: find(t) for t in parent}
+
+
+def is_eval_group(group: str, forced_train: frozenset = frozenset()) -> bool:
+    if group in forced_train:
+        return False
+    return _h(SPLIT_SALT, group) % 100 < EVAL_PERCENT
+
+
+@lru_cache(maxsize=1)
+def _pools() -> tuple[tuple, tuple]:
+    from .fewshot import all_fewshot_instructions, fewshot_topics
+    from .leakage import find_leaks
+    items = build_all()
+    groups = topic_groups(items)
+    # Few-shot examples' topics must never be eval topics: their groups go to train, and
+    # so do groups of pool items the guard links to a few-shot instruction (few-shot
+    # strings carry no checks, so the answer veto cannot separate them).
+    forced = {groups.get(t, t) for t in fewshot_topics()}
+    pool_view = [{"id": str(i), "instruction": it["instruction"], "checks": it["checks"]} for i, it in enumerate(items)]
+    for leak in find_leaks([], pool_view, all_fewshot_instructions()):
+        forced.add(groups[items[int(leak["eval_id"])]["topic"]])
+    forced = frozenset(forced)
+    train, evals = [], []
+    for it in items:
+        ev = is_eval_group(groups[it["topic"]], forced)
+        it = dict(it, topic_group=groups[it["topic"]])
+        it["id"] = f"{it['type']}-{'e' if ev else 't'}{hashlib.sha256(it['instruction'].encode()).hexdigest()[:8]}"
+        (evals if ev else train).append(it)
+    key = lambda x: (TYPES.index(x["type"]), x["id"])
+    return tuple(sorted(train, key=key)), tuple(sorted(evals, key=key))
+
+
+def _order(it: dict) -> dict:
+    return {k: it[k] for k in ("id", "type", "instruction", "checks", "topic", "topic_group", "source") if k in it}
+
+
+def train_pool() -> list[dict]:
+    return [_order(dict(x)) for x in _pools()[0]]
+
+
+def eval_pool() -> list[dict]:
+    return [_order(dict(x)) for x in _pools()[1]]
+
+
+def sample_items(pool: list[dict], n: int, seed: int) -> list[dict]:
+    """`n` distinct items balanced by type (seeded). A type with too few items gives its
+    share to the others; n larger than the pool is an error; n <= 0 means the whole pool."""
+    if n <= 0:
+        return list(pool)
+    if n > len(pool):
+        raise CaiError(f"asked for {n} unique items but the pool holds {len(pool)} — lower n_train_items / n_eval_items in the profile")
+    by_type = defaultdict(list)
+    for it in pool:
+        by_type[it["type"]].append(it)
+    rng = random.Random(seed)
+    for t in sorted(by_type):
+        rng.shuffle(by_type[t])
+    types = sorted(by_type, key=lambda t: TYPES.index(t) if t in TYPES else len(TYPES))
+    quota = {t: 0 for t in types}
+    remaining = n
+    while remaining:  # round-robin: each pass gives one more to every type that still has items
+        progressed = False
+        for t in types:
+            if remaining and quota[t] < len(by_type[t]):
+                quota[t] += 1
+                remaining -= 1
+                progressed = True
+        if not progressed:  # unreachable given n <= len(pool); guards an infinite loop
+            break
+    chosen = [it for t in types for it in by_type[t][:quota[t]]]
+    return sorted(chosen, key=lambda x: (types.index(x["type"]), x["id"]))
+
+
+def _load_items(path) -> list[dict]:
+    """Validated items: cai_lib.items.load_items when present (schema + duplicate ids)."""
+    try:
+        from .items import load_items
+    except ImportError:
+        load_items = None
+    if load_items is not None:
+        return load_items(path)
+    rows = read_jsonl(path, required=("id", "type", "instruction", "checks"))
+    ids = set()
+    for i, r in enumerate(rows, 1):
+        if r["type"] not in TYPES:
+            raise CaiError(f"{path}:{i}: type {r['type']!r} is not one of {list(TYPES)}")
+        if r["id"] in ids:
+            raise CaiError(f"{path}:{i}: duplicate id {r['id']!r} — ids must be unique")
+        ids.add(r["id"])
+    return rows
+
+
+def write_split(run_paths, cfg):
+    """Write the run's train/eval instruction files and the overlap report.
+
+    The eval file is persistent: if it exists it is kept byte-identical (re-running stage 01
+    or changing the train sample never changes what a run is evaluated on). The leakage
+    check runs before anything is written; a leaking split raises CaiError (exit 2) and
+    leaves the files as they were.
+    """
+    from .fewshot import all_fewshot_instructions
+    from .leakage import find_leaks, overlap_report
+    rp = run_paths
+    train = sample_items(train_pool(), cfg.n_train_items, cfg.seed)
+    keep_eval = Path(rp.eval_instructions).exists()
+    evals = _load_items(rp.eval_instructions) if keep_eval else sample_items(eval_pool(), cfg.n_eval_items, cfg.seed)
+    fewshot = list(all_fewshot_instructions())
+    leaks = find_leaks(train, evals, fewshot)
+    if leaks:
+        x = leaks[0]
+        raise CaiError(f"{rp.eval_instructions}: {len(leaks)} eval item(s) leak, e.g. {x['eval_id']} ~ {x['other_id']} "
+                       f"({x['kind']}) — delete the eval file to rebuild it from the eval pool, or run `cai leakage` for the list",
+                       exit_code=2)
+    write_jsonl(rp.train_instructions, train)
+    if not keep_eval:
+        write_jsonl(rp.eval_instructions, evals)
+    report = overlap_report(rp.train_instructions, rp.eval_instructions, leaks,
+                            n_train=len(train), n_eval=len(evals), n_fewshot=len(fewshot))
+    report["eval_kept_from_previous_run"] = keep_eval
+    write_json(rp.overlap_report, report)
+    return train, evals, report
