@@ -25,9 +25,14 @@ def read_jsonl(path, required: Sequence[str] = (), tolerate_torn_tail: bool = Fa
     path = Path(path)
     if not path.exists():
         raise CaiError(f"{path}: file not found — check the path (or run the stage that writes it)")
+    if path.is_dir():
+        raise CaiError(f"{path}: is a folder — pass the JSONL file inside it")
     rows: list[dict] = []
-    with open(path, "r", encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            lines = fh.read().split("\n")
+    except UnicodeDecodeError:
+        raise CaiError(f"{path}: not UTF-8 text — pass a JSONL file (one JSON object per line)") from None
     # A file ending in "\n" yields a final empty string; anything else in the last slot
     # is a torn line from an interrupted append.
     last = len(lines) - 1
