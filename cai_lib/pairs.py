@@ -14,9 +14,12 @@ Two strategies, picked per profile (`cfg.pair_strategy`):
 Conventions (shared with `train.py`; see DESIGN.md's contracts):
 
 * ``prompt`` is the item's instruction *exactly* as evaluation presents it (raw, no frame).
-* ``chosen`` / ``rejected`` are answer texts with surrounding whitespace stripped. The
-  trainer joins ``prompt + "\\n" + completion`` (cfg.chosen_leading_space=False) and
-  appends EOS, so chosen ends where an answer should end and the model learns to stop.
+* ``chosen`` / ``rejected`` are answer texts with surrounding whitespace stripped.
+  `train.encode_pair` adds the separator on the completion side (``"\\n" + chosen`` when
+  cfg.chosen_leading_space is False, ``" " + chosen`` when True) and appends EOS, so the
+  prompt tokens equal evaluation's and chosen ends where an answer should end: the
+  model learns to stop. A format_distillation rejected cut by `max_new_tokens` gets EOS
+  too (its finish_reason is kept in ``finish_reasons`` for anyone who wants to filter).
 * "Strict" for a cut answer: the answer is scored by `scoring.score_record` on the cut
   text with finish_reason ``stop`` when the frame's stop string ended it (the model wrote
   the separator the frame uses to end an answer, i.e. it finished), ``eos`` when it
@@ -230,6 +233,11 @@ def _run_step(step, items, store, *, loaded, gen, rotate_fn, cfg, max_new_tokens
 
 # ---- pair assembly ----------------------------------------------------------------------
 
+def _new_tokens(store: _Store, item: dict, steps) -> dict:
+    """Generation metadata kept on a pair: new tokens per step (before cutting)."""
+    return {s: store.get(item["id"], s).get("new_tokens") for s in steps}
+
+
 def _drop(item, strategy, reasons, **extra) -> dict:
     ordered = [r for r in REASONS if r in reasons]
     return {"item_id": item["id"], "type": item["type"], "strategy": strategy,
@@ -329,7 +337,7 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
             raw = store.get(it["id"], "raw")
             rejected = raw["response"].strip()  # no cut: what evaluation sees
             out = _make_pair(it, strategy, chosen, fr, chosen_scores[it["id"]], rejected, raw["finish_reason"],
-                             fewshot=fs[it["id"]], extra={})
+                             fewshot=fs[it["id"]], extra={"new_tokens": _new_tokens(store, it, STEPS[strategy])})
             if isinstance(out, tuple):
                 dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=rejected))
             else:
@@ -359,12 +367,15 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
             ids["critique"] = store.get(it["id"], "critique").get("fewshot_ids", [])
             ids["revision"] = rev_row.get("fewshot_ids", [])
             out = _make_pair(it, strategy, chosen, fr, score, original, o_fr, fewshot=ids,
-                             extra={"critique": critique})
+                             extra={"critique": critique, "new_tokens": _new_tokens(store, it, STEPS[strategy])})
             if isinstance(out, tuple):
                 dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=original, critique=critique))
             else:
                 pairs.append(out)
 
+    for t in timing.values():  # throughput of what this call generated (resumed rows excluded)
+        t["wall_s"] = round(t["wall_s"], 3)
+        t["new_tokens_per_s"] = round(t["new_tokens"] / t["wall_s"], 2) if t["wall_s"] > 0 else None
     write_jsonl(paths.preference_pairs, pairs)
     write_json(paths.pair_stats, pair_diagnostics(pairs, dropped, generation=timing))
     return pairs, dropped

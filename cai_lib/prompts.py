@@ -14,14 +14,17 @@ Two uses, kept apart on purpose:
 Every frame ends with a field label and no trailing space (``...\\nResponse:``): the
 model's continuation *is* the answer (usually with a leading space, which pairs strip).
 
-Few-shot examples (from `cai_lib.fewshot`) are dicts with ``id`` and ``instruction`` plus,
-per step: ``response`` (response step); ``response`` and ``critique`` (critique step);
-``response``, ``critique`` and ``revision`` (revision step). A field may not contain a
-blank line or a line opening a new frame field, since those are the frame's stops.
+Few-shot examples (from `cai_lib.fewshot`) are dicts with ``instruction`` plus, per
+step: ``answer`` (response step: a good answer); ``answer`` and ``critique`` (critique
+step: a flawed answer and its critique); ``answer``, ``critique`` and ``revision``
+(revision step). ``response`` is accepted for ``answer``; ``id`` is optional (else a
+hash of the instruction, see `fewshot_id`). A field may not contain its frame's stop
+strings, or the model's imitation would end in the wrong place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from typing import Iterable, Sequence
@@ -66,7 +69,8 @@ REVISION_HEADER = (
     "with nothing after it."
 )
 
-_FIELD_LINE = re.compile(r"\n\s*(Instruction|Response|Answer|Critique|Revision|Q|A):")
+# The bank (cai_lib.fewshot) calls the example answer "answer"; "response" also accepted.
+_ANSWER = ("answer", "response")
 
 
 def stop_strings(fmt: str) -> list[str]:
@@ -94,15 +98,31 @@ def normalize(s: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
 
 
-def _field(example: dict, key: str, where: str) -> str:
-    value = example.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise CaiError(f"few-shot example {example.get('id', '?')!r}: field {key!r} missing or empty — fix it in {where}")
+def fewshot_id(example: dict) -> str:
+    """The example's `id`, else a stable id from its instruction ("fs-" + sha1[:10]), so
+    generations record which examples they showed even when the bank carries no ids."""
+    if example.get("id"):
+        return str(example["id"])
+    return "fs-" + hashlib.sha1(str(example.get("instruction", "")).encode("utf-8")).hexdigest()[:10]
+
+
+def _field(example: dict, keys: tuple[str, ...], stops: Sequence[str]) -> str:
+    """A field of a few-shot example (first of `keys` present), checked against the frame.
+
+    A field holding one of the frame's stop strings would end the model's imitation in
+    the wrong place and hide the example structure, so it is refused. (A flawed answer
+    may contain "\nQ:" inside a critique frame: that frame does not stop on it.)
+    """
+    value = next((example[k] for k in keys if isinstance(example.get(k), str)), None)
+    if value is None or not value.strip():
+        raise CaiError(f"few-shot example {fewshot_id(example)!r} ({example.get('instruction', '')[:40]!r}): field "
+                       f"{keys[0]!r} missing or empty — fix it in cai_lib/fewshot.py")
     value = value.strip()
-    if "\n\n" in value or _FIELD_LINE.search(value):
+    bad = next((s for s in stops if s in value), None)
+    if bad is not None:
         raise CaiError(
-            f"few-shot example {example.get('id', '?')!r}: field {key!r} contains a blank line or a line opening a "
-            f"frame field — those are the frame's stop strings; rewrite it in {where}"
+            f"few-shot example {fewshot_id(example)!r} ({example.get('instruction', '')[:40]!r}): field {keys[0]!r} "
+            f"contains {bad!r}, a stop string of its frame — rewrite it in cai_lib/fewshot.py"
         )
     return value
 
@@ -121,11 +141,11 @@ def _check_not_self(instruction: str, examples: Iterable[dict]) -> None:
     target = normalize(instruction)
     for ex in examples:
         if normalize(str(ex.get("instruction", ""))) == target:
-            raise CaiError(f"few-shot example {ex.get('id', '?')!r} is the instruction being asked — rotate another example")
+            raise CaiError(f"few-shot example {fewshot_id(ex)!r} is the instruction being asked — rotate another example")
 
 
 def fewshot_ids(examples: Iterable[dict]) -> list[str]:
-    return [str(ex.get("id", "?")) for ex in examples]
+    return [fewshot_id(ex) for ex in examples]
 
 
 # ---- baseline / evaluation formats ------------------------------------------------------
@@ -157,10 +177,8 @@ def format_prompt(instruction: str, fmt: str, *, fewshot: Sequence[dict] | None 
 def response_frame(instruction: str, examples: Sequence[dict]) -> str:
     """Few-shot completion frame whose continuation is the answer to `instruction`."""
     _check_not_self(instruction, examples)
-    blocks = [
-        f"Instruction: {_field(ex, 'instruction', 'the few-shot bank')}\nResponse: {_field(ex, 'response', 'the few-shot bank')}"
-        for ex in examples
-    ]
+    st = FRAME_STOPS["response"]
+    blocks = [f"Instruction: {_field(ex, ('instruction',), st)}\nResponse: {_field(ex, _ANSWER, st)}" for ex in examples]
     blocks.append(f"Instruction: {instruction}\nResponse:")
     return "\n\n".join(blocks)
 
@@ -168,12 +186,13 @@ def response_frame(instruction: str, examples: Sequence[dict]) -> str:
 def critique_frame(instruction: str, answer: str, examples: Sequence[dict]) -> str:
     """Few-shot frame whose continuation critiques `answer` against PRINCIPLES."""
     _check_not_self(instruction, examples)
+    st = FRAME_STOPS["critique"]
     blocks = [CRITIQUE_HEADER]
     for ex in examples:
         blocks.append(
-            f"Instruction: {_field(ex, 'instruction', 'the few-shot bank')}\n"
-            f"Answer: {_field(ex, 'response', 'the few-shot bank')}\n"
-            f"Critique: {_field(ex, 'critique', 'the few-shot bank')}"
+            f"Instruction: {_field(ex, ('instruction',), st)}\n"
+            f"Answer: {_field(ex, _ANSWER, st)}\n"
+            f"Critique: {_field(ex, ('critique',), st)}"
         )
     blocks.append(f"Instruction: {instruction}\nAnswer: {_clean_inserted(answer)}\nCritique:")
     return "\n\n".join(blocks)
@@ -182,13 +201,14 @@ def critique_frame(instruction: str, answer: str, examples: Sequence[dict]) -> s
 def revision_frame(instruction: str, answer: str, critique: str, examples: Sequence[dict]) -> str:
     """Few-shot frame whose continuation is `answer` revised to fix `critique`."""
     _check_not_self(instruction, examples)
+    st = FRAME_STOPS["revision"]
     blocks = [REVISION_HEADER]
     for ex in examples:
         blocks.append(
-            f"Instruction: {_field(ex, 'instruction', 'the few-shot bank')}\n"
-            f"Answer: {_field(ex, 'response', 'the few-shot bank')}\n"
-            f"Critique: {_field(ex, 'critique', 'the few-shot bank')}\n"
-            f"Revision: {_field(ex, 'revision', 'the few-shot bank')}"
+            f"Instruction: {_field(ex, ('instruction',), st)}\n"
+            f"Answer: {_field(ex, _ANSWER, st)}\n"
+            f"Critique: {_field(ex, ('critique',), st)}\n"
+            f"Revision: {_field(ex, ('revision',), st)}"
         )
     blocks.append(
         f"Instruction: {instruction}\nAnswer: {_clean_inserted(answer)}\n"

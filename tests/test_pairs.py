@@ -11,8 +11,8 @@ from cai_lib.jsonl import read_json, read_jsonl
 from cai_lib.runs import run_paths
 
 TYPES = ("qa", "completion", "generation", "response")
-STEP_FIELDS = {"response": ("response",), "critique": ("response", "critique"),
-               "revision": ("response", "critique", "revision")}
+STEP_FIELDS = {"response": ("answer",), "critique": ("answer", "critique"),
+               "revision": ("answer", "critique", "revision")}
 
 
 def fake_rotate(type_, step, k, rng):
@@ -20,7 +20,7 @@ def fake_rotate(type_, step, k, rng):
     bank = []
     for i in range(6):
         ex = {"id": f"fs-{type_}-{step}-{i}", "instruction": f"Example {type_} instruction {i}.",
-              "response": f"Example answer {i}.", "critique": f"Critique {i}.", "revision": f"Revised {i}."}
+              "answer": f"Example answer {i}.", "critique": f"Critique {i}.", "revision": f"Revised {i}."}
         bank.append({k2: v for k2, v in ex.items() if k2 in ("id", "instruction") + STEP_FIELDS[step]})
     return rng.sample(bank, k)
 
@@ -147,6 +147,7 @@ def test_format_distillation_pairs_and_filters(tmp_path):
     assert p["length_only"] == "chosen_prefix"
     assert p["edit_distance_words"] == 10
     assert len(p["fewshot_ids"]["response"]) == 2
+    assert p["new_tokens"] == {"response": 1, "raw": 11}
 
     reasons = {d["item_id"]: d["reason"] for d in dropped}
     assert reasons == {"qa-2": "chosen_fails_strict", "qa-3": "rejected_empty", "co-1": "identical",
@@ -168,6 +169,7 @@ def test_format_distillation_pairs_and_filters(tmp_path):
     assert read_jsonl(paths.preference_pairs) == kept
     stats = read_json(paths.pair_stats)
     assert stats["n_kept"] == 1 and stats["n_dropped"] == 5
+    assert stats["generation"]["response"]["generated"] == 6 and stats["generation"]["raw"]["generated"] == 3
     assert stats["dropped_by_reason"] == {"chosen_fails_strict": 1, "rejected_empty": 1, "identical": 1,
                                           "chosen_empty": 1, "chosen_unfinished": 1}
 
@@ -354,3 +356,16 @@ def test_smoke_with_the_real_tiny_model(tmp_path, tiny_tok, strategy):
     again = pairs.build_pairs(loaded, items, cfg(data_max_new_tokens=6), paths, strategy=strategy,
                               generate_fn=counting, rotate_fn=fake_rotate, progress=False)
     assert calls == [] and again == (kept, dropped)
+
+
+def test_real_fewshot_bank_with_scripted_generation(tmp_path):
+    pytest.importorskip("cai_lib.fewshot")
+    paths = run_paths(tmp_path / "run")
+    kept, dropped = pairs.build_pairs(None, ITEMS, cfg(n_fewshot=3), paths, strategy="critique_revision",
+                                      generate_fn=FakeGen(CR), progress=False)  # default rotate_fn: the real bank
+    assert len(kept) == 2 and len(dropped) == 4
+    rows = read_jsonl(paths.generations)
+    assert all(len(r["fewshot_ids"]) == 3 for r in rows)
+    from cai_lib.fewshot import all_fewshot_instructions
+    known = {prompts.fewshot_id({"instruction": i}) for i in all_fewshot_instructions()}
+    assert pairs.used_fewshot_ids(paths) <= known  # the leakage guard can map ids back to instructions

@@ -5,12 +5,13 @@ import pytest
 from cai_lib import prompts
 from cai_lib.errors import CaiError
 
+# Shaped like cai_lib.fewshot's views ("answer"); the second uses the accepted alias "response".
 EXAMPLES = [
-    {"id": "fs-a", "instruction": "Answer this question: What is the capital of Spain?", "response": "Madrid."},
+    {"id": "fs-a", "instruction": "Answer this question: What is the capital of Spain?", "answer": "Madrid."},
     {"id": "fs-b", "instruction": "List three colors.", "response": "Red, green and blue."},
 ]
-CRIT = [dict(EXAMPLES[0], response="Madrid is a city. Instruction: next", critique="It starts a new instruction; stop after the answer.",
-             revision="Madrid.")]
+CRIT = [dict(EXAMPLES[0], answer="Madrid.\nQ: What is the capital of Italy?\nA: Rome.",
+             critique="It answers, then writes a new question nobody asked; stop after the answer.", revision="Madrid.")]
 
 
 @pytest.mark.parametrize("instruction", [
@@ -49,14 +50,25 @@ def test_few_shot_needs_examples_and_unknown_format_fails():
 
 
 def test_example_with_a_blank_line_or_field_line_is_refused():
-    bad = [{"id": "fs-x", "instruction": "Say hi.", "response": "Hi.\n\nInstruction: more"}]
+    bad = [{"id": "fs-x", "instruction": "Say hi.", "answer": "Hi.\n\nmore"}]
     with pytest.raises(CaiError, match="fs-x"):
         prompts.response_frame("Say bye.", bad)
-    bad2 = [{"id": "fs-y", "instruction": "Say hi.", "response": "Hi.\nInstruction: more"}]
-    with pytest.raises(CaiError, match="fs-y"):
+    bad2 = [{"id": "fs-y", "instruction": "Say hi.", "answer": "Hi.\nInstruction: more"}]
+    with pytest.raises(CaiError, match="fs-y.*stop string"):
         prompts.response_frame("Say bye.", bad2)
-    with pytest.raises(CaiError, match="'response' missing"):
+    with pytest.raises(CaiError, match="'answer' missing"):
         prompts.response_frame("Say bye.", [{"id": "fs-z", "instruction": "Say hi."}])
+    # "\nQ:" is no stop of the critique frame, so a run-on flawed answer may show it there
+    assert "Answer: Madrid.\nQ: What is the capital of Italy?\nA: Rome.\nCritique:" in prompts.critique_frame("Say hi.", "Hi.", CRIT)
+    with pytest.raises(CaiError, match="Revision:"):
+        prompts.revision_frame("Say hi.", "Hi.", "ok", [dict(CRIT[0], critique="Bad.\nRevision: x")])
+
+
+def test_fewshot_id_is_given_or_a_stable_hash():
+    assert prompts.fewshot_id(EXAMPLES[0]) == "fs-a"
+    a = prompts.fewshot_id({"instruction": "Say hi."})
+    assert a == prompts.fewshot_id({"instruction": "Say hi.", "answer": "Hi."}) and a.startswith("fs-") and len(a) == 13
+    assert a != prompts.fewshot_id({"instruction": "Say bye."})
 
 
 def test_example_equal_to_the_instruction_is_refused_and_redrawn():
@@ -103,7 +115,7 @@ def test_critique_and_revision_frames():
     for p in prompts.PRINCIPLES:
         assert p in c
     assert c.endswith("Instruction: Answer this question: What is 2+2?\nAnswer: Five.\nQ: more\nCritique:")
-    assert "Critique: It starts a new instruction" in c
+    assert "Critique: It answers, then writes a new question" in c
     r = prompts.revision_frame("Answer this question: What is 2+2?", "Five.", "Wrong: 2+2 is 4.", CRIT)
     assert "Revision: Madrid." in r
     assert r.endswith("Answer: Five.\nCritique: Wrong: 2+2 is 4.\nRevision:")
@@ -130,14 +142,18 @@ def test_baseline_prompt_uses_rng_only_for_few_shot():
     assert p1 == p2 and p1.endswith("Instruction: What is the capital of Peru?\nResponse:")
 
 
-def test_few_shot_frames_from_the_real_bank_contain_no_eval_instruction():
+def test_frames_from_the_real_bank_build_and_contain_no_eval_instruction():
     fewshot = pytest.importorskip("cai_lib.fewshot")
     tasks = pytest.importorskip("cai_lib.tasks")
     eval_instr = {prompts.normalize(it["instruction"]) for it in tasks.eval_pool()}
-    rng = random.Random(0)
+    builders = {"response": lambda ex: prompts.response_frame("Say hi.", ex),
+                "critique": lambda ex: prompts.critique_frame("Say hi.", "Hi.", ex),
+                "revision": lambda ex: prompts.revision_frame("Say hi.", "Hi.", "Good.", ex)}
     for type_ in ("qa", "completion", "generation", "response"):
-        for _ in range(10):
-            frame = prompts.response_frame("Say hi.", fewshot.rotate(type_, "response", 3, rng))
+        for step, build in builders.items():
+            bank = fewshot.FEWSHOT[type_][step]
+            frame = build(bank)  # every example of the bank passes the frame's field checks
             shown = [line[len("Instruction: "):] for line in frame.split("\n") if line.startswith("Instruction: ")]
-            assert len(shown) == 4
+            assert len(shown) == len(bank) + 1 and shown[-1] == "Say hi."
             assert not {prompts.normalize(s) for s in shown[:-1]} & eval_instr
+            assert len(set(prompts.fewshot_ids(bank))) == len(bank)  # ids tell examples apart
