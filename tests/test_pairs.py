@@ -366,6 +366,7 @@ def test_real_fewshot_bank_with_scripted_generation(tmp_path):
     assert len(kept) == 2 and len(dropped) == 4
     rows = read_jsonl(paths.generations)
     assert all(len(r["fewshot_ids"]) == 3 for r in rows)
-    from cai_lib.fewshot import all_fewshot_instructions
-    known = {prompts.fewshot_id({"instruction": i}) for i in all_fewshot_instructions()}
-    assert pairs.used_fewshot_ids(paths) <= known  # the leakage guard can map ids back to instructions
+    from cai_lib.fewshot import FEWSHOT
+    known = {prompts.fewshot_id(ex) for steps in FEWSHOT.values() for exs in steps.values() for ex in exs}
+    used = pairs.used_fewshot_ids(paths)
+    assert used and used <= known  # the leakage guard can map ids back to bank examples
