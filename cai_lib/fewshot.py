@@ -155,19 +155,21 @@ _BANK = {
 
 
 def bank() -> dict:
-    """FEWSHOT[type][step] -> list of example dicts with that step's fields."""
+    """FEWSHOT[type][step] -> list of example dicts with that step's fields (and an `id`
+    such as "fs-qa-03", recorded by the pair builder with each generation)."""
     out = {}
     for typ, recs in _BANK.items():
-        out[typ] = {s: [_view(r, s) for r in recs] for s in STEPS}
+        out[typ] = {s: [_view(r, s, f"fs-{typ}-{i:02d}") for i, r in enumerate(recs)] for s in STEPS}
     return out
 
 
-def _view(rec: dict, step: str) -> dict:
+def _view(rec: dict, step: str, ex_id: str) -> dict:
+    base = {"id": ex_id, "topic": rec["topic"], "instruction": rec["instruction"]}
     if step == "response":
-        return {"instruction": rec["instruction"], "answer": rec["good"]}
+        return {**base, "answer": rec["good"]}
     if step == "critique":
-        return {"instruction": rec["instruction"], "answer": rec["flawed"], "critique": rec["critique"]}
-    return {"instruction": rec["instruction"], "answer": rec["flawed"], "critique": rec["critique"], "revision": rec["revision"]}
+        return {**base, "answer": rec["flawed"], "critique": rec["critique"]}
+    return {**base, "answer": rec["flawed"], "critique": rec["critique"], "revision": rec["revision"]}
 
 
 FEWSHOT = bank()
