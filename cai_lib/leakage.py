@@ -235,7 +235,8 @@ def thresholds() -> dict:
 
 def overlap_report(train_path, eval_path, leaks: list[dict], *, n_train: int | None = None,
                    n_eval: int | None = None, n_fewshot: int | None = None) -> dict:
-    """The data/overlap_report.json contract: hashes of both files, method, thresholds, pairs."""
+    """The data/overlap_report.json contract: hashes of both files, method, thresholds, counts
+    and every flagged pair (`flagged`)."""
     kinds = Counter(x["kind"] for x in leaks)
     return {
         "train_file": Path(train_path).name, "eval_file": Path(eval_path).name,
@@ -245,7 +246,8 @@ def overlap_report(train_path, eval_path, leaks: list[dict], *, n_train: int | N
                    "exact": kinds.get("exact", 0), "near": kinds.get("near", 0),
                    "eval_items_flagged": len({x["eval_id"] for x in leaks})},
         "clean": not leaks,
-        "pairs": leaks,
+        "n_flagged": len(leaks),
+        "flagged": leaks,  # every flagged pair (report.py and the 01 notebook read these keys)
     }
 
 
@@ -278,8 +280,8 @@ def verify_eval_set(run_paths) -> dict:
     for key, path in (("train_sha256", rp.train_instructions), ("eval_sha256", rp.eval_instructions)):
         if report.get(key) != sha256_file(path):
             raise CaiError(f"{rp.overlap_report}: {key} does not match {Path(path).name} (the file changed after the check) — {fix}")
-    if report.get("pairs") or report.get("clean") is False:
-        n = len(report.get("pairs") or [])
+    if report.get("flagged") or report.get("n_flagged") or report.get("clean") is not True:
+        n = report.get("n_flagged", len(report.get("flagged") or []))
         raise CaiError(f"{rp.overlap_report}: the eval set leaks ({n} flagged pair(s)) — rebuild the split: {fix}", exit_code=2)
     return report
 

@@ -386,9 +386,27 @@ def eval_pool() -> list[dict]:
     return [_order(dict(x)) for x in _pools()[1]]
 
 
+def _interleave_sources(items: list[dict], rng: random.Random) -> list[dict]:
+    """Seeded order that cycles through fact tables (capitals, arithmetic, ...), so a small
+    sample of one type spreads over every table instead of mirroring the biggest one."""
+    by_src = defaultdict(list)
+    for it in sorted(items, key=lambda x: x["id"]):
+        by_src[it.get("source", "")].append(it)
+    queues = [by_src[k] for k in sorted(by_src)]
+    for q in queues:
+        rng.shuffle(q)
+    rng.shuffle(queues)
+    out = []
+    while queues:
+        out.extend(q.pop() for q in queues)
+        queues = [q for q in queues if q]
+    return out
+
+
 def sample_items(pool: list[dict], n: int, seed: int) -> list[dict]:
-    """`n` distinct items balanced by type (seeded). A type with too few items gives its
-    share to the others; n larger than the pool is an error; n <= 0 means the whole pool."""
+    """`n` distinct items balanced by type (seeded), spread across fact tables within a
+    type. A type with too few items gives its share to the others; n larger than the pool
+    is an error; n <= 0 means the whole pool."""
     if n <= 0:
         return list(pool)
     if n > len(pool):
@@ -398,7 +416,7 @@ def sample_items(pool: list[dict], n: int, seed: int) -> list[dict]:
         by_type[it["type"]].append(it)
     rng = random.Random(seed)
     for t in sorted(by_type):
-        rng.shuffle(by_type[t])
+        by_type[t] = _interleave_sources(by_type[t], rng)
     types = sorted(by_type, key=lambda t: TYPES.index(t) if t in TYPES else len(TYPES))
     quota = {t: 0 for t in types}
     remaining = n

@@ -105,7 +105,8 @@ def test_overlap_report_contents(tmp_path):
     assert rep["train_sha256"] == sha256_file(tp) and rep["eval_sha256"] == sha256_file(ep)
     assert "content words" in rep["method"] and rep["thresholds"]["near_jaccard"] == 0.4
     assert rep["counts"]["near"] == 1 and rep["clean"] is False
-    pair = rep["pairs"][0]
+    pair = rep["flagged"][0]
+    assert rep["n_flagged"] == 1
     assert {"eval_id", "other_id", "kind", "score", "eval_instruction", "other_instruction"} <= set(pair)
 
 
@@ -154,7 +155,7 @@ def test_verify_eval_set_refuses_missing_or_leaky_report(tmp_path):
     rp.overlap_report.unlink()
     with pytest.raises(CaiError, match="overlap report missing"):
         verify_eval_set(rp)
-    write_json(rp.overlap_report, dict(rep, clean=False, pairs=[{"eval_id": "x"}]))
+    write_json(rp.overlap_report, dict(rep, clean=False, n_flagged=1, flagged=[{"eval_id": "x"}]))
     with pytest.raises(CaiError) as exc:
         verify_eval_set(rp)
     assert exc.value.exit_code == 2 and "leaks" in str(exc.value)

@@ -103,6 +103,16 @@ def test_sample_items_balanced_seeded(pools):
     got = Counter(it["type"] for it in tasks.sample_items(small, 100, seed=0))
     assert got["qa"] == 5 and sum(got.values()) == 100
     assert tasks.sample_items(train, 0, seed=0) == train
+    # Within a type the sample cycles through fact tables rather than mirroring the largest.
+    spread = Counter(it["source"] for it in tasks.sample_items(pools[1], 120, seed=0))
+    assert len(spread) >= 10 and max(spread.values()) <= 20, spread
+
+
+def test_duplicate_fact_is_a_one_line_error(monkeypatch):
+    from cai_lib import facts
+    monkeypatch.setattr(facts, "CAPITALS", facts.CAPITALS + [facts.CAPITALS[0]])
+    with pytest.raises(CaiError, match="duplicate instruction .* fix the fact table"):
+        tasks.build_all()
 
 
 def test_sample_items_over_ask_is_one_line_error(pools):
@@ -117,7 +127,7 @@ def test_write_split_persistent_eval_and_report(tmp_path):
     rp = run_paths(tmp_path / "run")
     cfg = RunConfig(n_train_items=80, n_eval_items=40, seed=3)
     train, evals, report = tasks.write_split(rp, cfg)
-    assert len(train) == 80 and len(evals) == 40 and report["clean"] and report["pairs"] == []
+    assert len(train) == 80 and len(evals) == 40 and report["clean"] and report["flagged"] == [] and report["n_flagged"] == 0
     assert report["counts"]["fewshot"] >= 32 and report["thresholds"]["near_containment"] == 0.8
     assert load_items(rp.train_instructions) == train and load_items(rp.eval_instructions) == evals
     verify_eval_set(rp)
