@@ -153,6 +153,28 @@ def _lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _load_gguf(gguf_path: Path):
+    """Dequantize a GGUF into a plain (serializable) model and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    gmodel = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                  dtype=torch.float32)
+    # The GGUF loader marks the model as "quantized with gguf", which save_pretrained
+    # refuses. The weights are already dense, so copy them into a fresh model built from
+    # the same config minus the quantization entry; strict loading proves every tensor
+    # arrived.
+    cfg = gmodel.config
+    if hasattr(cfg, "quantization_config"):
+        delattr(cfg, "quantization_config")
+    state = gmodel.state_dict()
+    del gmodel
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(state, strict=True)
+    return model, tok
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path, *, source_sha256: str, name: str) -> dict:
     """Convert a GGUF to a safetensors folder at `out_dir`, atomically, after the sentinel passes.
 
@@ -175,21 +197,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, source_sha256: str, name: st
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
     try:
-        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        gmodel = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                      dtype=torch.float32)
-        # The GGUF loader marks the model as "quantized with gguf", which save_pretrained
-        # refuses. The weights are already dense, so copy them into a fresh model built
-        # from the same config minus the quantization entry; strict loading proves every
-        # tensor arrived.
-        cfg = gmodel.config
-        if hasattr(cfg, "quantization_config"):
-            delattr(cfg, "quantization_config")
-        state = gmodel.state_dict()
-        del gmodel
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-        model.load_state_dict(state, strict=True)
-        del state
+        model, tok = _load_gguf(gguf_path)
         # The GGUF carries no generation config; without eos ids generation never stops.
         gc = model.generation_config
         gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id

@@ -158,9 +158,18 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
     torch_dtype = resolve_dtype(dtype)
     chosen = pick_backend(backend)
     qcfg = _quant_config(quantization, torch_dtype)
+    # Name check first, on what the user typed: an instruct hub id is refused before any
+    # download is attempted; then again on the resolved name (e.g. the embedded folder).
+    typed = str(spec).strip().rstrip("/")
+    typed_name = typed if _HUB_ID.match(typed) and not Path(typed).expanduser().exists() else Path(typed).name
+    if guard.is_instruct_name(typed_name) and not allow_instruct:
+        raise CaiError(
+            f"model {typed_name!r} looks instruction-tuned (its name marks it Instruct/-it/chat/sft/dpo); stage 1 "
+            "needs a base model - pass a base checkpoint, or set allow_instruct: true to use it deliberately"
+        )
     folder, check_name, source = resolve_spec(spec)
 
-    flagged = guard.is_instruct_name(check_name)
+    flagged = guard.is_instruct_name(check_name) or guard.is_instruct_name(typed_name)
     instruct_check = {"name": check_name, "instruct_like": flagged, "allowed": allow_instruct}
     if flagged and not allow_instruct:
         raise CaiError(
@@ -175,7 +184,7 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
 
     # Config names can betray an instruct checkpoint behind a neutral folder name.
     for n in (getattr(model.config, "_name_or_path", None), getattr(model.config, "_model_name_or_path", None)):
-        if n and guard.is_instruct_name(Path(str(n)).name):
+        if n and Path(str(n)).name not in (check_name, typed_name) and guard.is_instruct_name(Path(str(n)).name):
             instruct_check["config_name"] = n
             instruct_check["instruct_like"] = True
             if not allow_instruct:
