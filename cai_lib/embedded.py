@@ -36,11 +36,13 @@ EMBEDDED = {
 MARKER = "cai_conversion.json"
 MARKER_VERSION = 1
 
-# transformers 5.17 is seen to break this GGUF's tokenizer; 5.24 is seen to convert it
-# correctly. Releases in between were not verified, so the boundary is the first version
-# known to be right. CAI_FORCE_GGUF_CONVERT=1 lets someone test another version; the
-# sentinel still decides whether the result is kept.
-MIN_CONVERT_TRANSFORMERS = (5, 24)
+# transformers 5.17 converts this GGUF's tokenizer wrongly (seen: " is is is ..."): its GGUF
+# tokenizer mapping has no Gemma case, so merges are rebuilt by token score, which Gemma's
+# scores do not follow. 5.18.0 adds `gemma_tokenizer` (space tokens respelled, merges in file
+# order); its code is unchanged through 5.24, which is verified end to end here. So refuse
+# below 5.18 and recommend 5.24; CAI_FORCE_GGUF_CONVERT=1 overrides the gate for
+# experiments, and the sentinel still decides whether the result is kept.
+MIN_CONVERT_TRANSFORMERS = (5, 18)
 
 SENTINEL_PROMPT = "The capital of France is"
 SENTINEL_NEW_TOKENS = 24
@@ -157,7 +159,7 @@ def _refuse_broken_transformers(out_dir: Path) -> None:
     ok, v = transformers_can_convert()
     if not ok:
         raise CaiError(
-            f"transformers {v} converts the Gemma GGUF tokenizer wrongly; convert with transformers>=5.24 "
+            f"transformers {v} converts the Gemma GGUF tokenizer wrongly (fixed in 5.18); convert with transformers>=5.24 "
             f"(the CPU setup: `make setup`, then load embedded:gemma-3-270m once) and copy the folder "
             f"{out_dir.name}/ into $CAI_MODEL_CACHE (now {out_dir.parent}) on this machine"
         )

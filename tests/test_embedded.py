@@ -109,8 +109,8 @@ def test_sentinel_verdict(text, ok, why):
 
 
 @pytest.mark.parametrize("version,ok", [
-    ("5.17.0", False), ("5.17.2", False), ("5.23.9", False), ("4.57.1", False),
-    ("5.24.0", True), ("5.30.1", True), ("6.0.0", True), ("5.25.0.dev0", True),
+    ("5.17.0", False), ("5.17.2", False), ("5.9.0", False), ("4.57.1", False),
+    ("5.18.0", True), ("5.23.0", True), ("5.24.0", True), ("5.30.1", True), ("6.0.0", True), ("5.25.0.dev0", True),
 ])
 def test_transformers_version_gate(version, ok, monkeypatch):
     monkeypatch.delenv("CAI_FORCE_GGUF_CONVERT", raising=False)
