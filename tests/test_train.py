@@ -306,3 +306,28 @@ def test_changed_settings_refuse_resume_but_fresh_start_works(tiny_model_dir, ru
     s = train.train_dpo(load_dir(tiny_model_dir), pairs_path(run_dir), run_dir,
                         small_cfg(max_steps=2, save_steps=2, beta=0.5), resume=False, progress=False)
     assert s["resumed_from"] is None and s["steps"] == 2
+
+
+def test_ablation_pieces_run_on_tiny_model(tiny_model_dir, run_dir):
+    """benchmarks/ablation_loss.py: four adapters from one loaded base, each evaluated."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation_loss", Path(__file__).resolve().parent.parent / "benchmarks" / "ablation_loss.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    items = [{"id": f"qa-{i}", "type": "qa", "instruction": f"Answer this question: What is {i} plus {i}?",
+              "checks": [{"kind": "max_words", "n": 3}]} for i in range(3)]
+    loaded = load_dir(tiny_model_dir)
+    base_state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    cfg = small_cfg(max_steps=2, save_steps=2, eval_max_new_tokens=4, gen_batch_size=4)
+    out = ab.run_ablation(loaded, run_dir, cfg, items, progress=False)
+    assert [r["variant"] for r in out["rows"]] == ["base (no adapter)"] + [v[0] for v in ab.VARIANTS]
+    for r in out["rows"]:
+        assert r["n"] == 3 and 0 <= r["eos_rate"] <= 1 and 0 <= r["strict"] <= 1
+    for name, loss_type, lead in ab.VARIANTS:
+        meta = json.loads((run_dir / "ablation" / name / "adapter" / "cai_adapter.json").read_text())
+        assert meta["training_config"]["loss_type"] == loss_type and meta["training_config"]["chosen_leading_space"] == lead
+    assert out["winner"] in {v[0] for v in ab.VARIANTS}
+    after = loaded.model.state_dict()
+    assert set(after) == set(base_state) and all(torch.equal(after[k], base_state[k]) for k in base_state)
+    assert "| variant |" in ab.table(out["rows"])
