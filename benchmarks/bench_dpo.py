@@ -198,6 +198,7 @@ def run_case(a) -> dict:
         "peak_memory_gib": round(mem / 2 ** 30, 3), "peak_memory_kind": kind,
         "load_seconds": round(load_s, 2), "final_loss": summary["final"]["loss"],
         "versions": summary["versions"],
+        "load_average_1m_end": round(os.getloadavg()[0], 2),  # other work on the machine skews CPU timings
         "unsloth_compile_disable": os.environ.get("UNSLOTH_COMPILE_DISABLE") if a.case == "unsloth" else None,
     }
 

@@ -532,6 +532,7 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer = None
+    padding_side = getattr(loaded.tokenizer, "padding_side", None)  # Unsloth's trainer sets it to "right"
     t0 = time.perf_counter()
     log["sessions"].append({"index": session["index"], "resumed_from": str(resume_from) if resume_from else None,
                             "start_step": None, "backend": backend, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -556,6 +557,8 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
                           resume_from, pairs_path, pairs_sha, time.perf_counter() - t0)
     finally:
         _unwrap(trainer.model if trainer is not None else model)
+        if padding_side is not None:
+            loaded.tokenizer.padding_side = padding_side  # generation pads on the left
     return summary
 
 
