@@ -59,6 +59,10 @@ SHAPES = {
                        num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                        max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
                        tie_word_embeddings=False),
+    # not a real model: a seconds-long smoke run of this script's machinery
+    "tiny-gemma3": dict(model_type="gemma3_text", vocab_size=4096, hidden_size=64, intermediate_size=128,
+                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                        max_position_embeddings=2048, sliding_window=512, tie_word_embeddings=True),
 }
 BACKEND_SETUP = {  # bench name -> (load_base backend, quantization)
     "transformers": ("transformers", "none"),
@@ -113,7 +117,7 @@ def make_pairs(tok, n: int, seq_len: int, word_tokens: bool, seed: int = 0) -> l
 
     def text(n_tokens):
         if word_tokens:
-            return " ".join(f"w{rng.randrange(4, 30000)}" for _ in range(n_tokens))
+            return " ".join(f"w{rng.randrange(4, min(30000, len(tok)))}" for _ in range(n_tokens))
         words = []
         while len(tok(" ".join(words), add_special_tokens=False)["input_ids"]) < n_tokens:
             words.append(rng.choice(WORDS))
