@@ -40,6 +40,19 @@ def _cmd_eval(a):
     return eval_cli(run_dir=a.run, items=a.items, out_dir=a.output)
 
 
+def _cmd_train(a):
+    # Stage 02 outside the notebooks; several processes go through `accelerate launch`.
+    from .train_launch import launch_command, run as train_run
+    if a.accelerate_config or (a.num_processes or 1) > 1:
+        import subprocess
+        cmd = launch_command(a.run, accelerate_config=a.accelerate_config, num_processes=a.num_processes,
+                             main_process_port=a.main_process_port)
+        print("cai train: " + " ".join(cmd), file=sys.stderr, flush=True)
+        return subprocess.call(cmd)
+    train_run(["--run-dir", a.run])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cai", description="cai-stage1: Stage 1 bootstrap of a base model.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -73,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--items", required=True)
     ev.add_argument("-o", "--output", default=None)
     ev.set_defaults(func=_cmd_eval)
+
+    tr = sub.add_parser("train", help="run stage 02 (DPO) for a run directory, on one or several processes")
+    tr.add_argument("--run", required=True, help="run directory with config.json and data/preference_pairs.jsonl")
+    tr.add_argument("--accelerate-config", default=None, help="accelerate config, e.g. configs/accelerate/ddp.yaml")
+    tr.add_argument("--num-processes", type=int, default=None, help="processes (GPUs) to launch")
+    tr.add_argument("--main-process-port", type=int, default=None, help="rendezvous port (default 29500)")
+    tr.set_defaults(func=_cmd_train)
     return p
 
 
