@@ -194,3 +194,22 @@ def test_throughput_helpers(lm, tok):
     assert t["tokens_per_s"] == pytest.approx(t["new_tokens"] / t["seconds"])
     m = gen.measure_throughput(lm, tok, PROMPTS, max_new_tokens=2, batch_size=2)
     assert m["batch_size"] == 2 and m["tokens_per_s"] > 0
+
+
+def test_greedy_even_when_model_config_says_sample(lm, tok):
+    """Hub checkpoints often ship do_sample=True (Gemma 3: top_k=64, top_p=0.95); evaluation must stay greedy."""
+    ref = gen.generate(lm, tok, PROMPTS, max_new_tokens=6, batch_size=5, progress=False)
+    lm.generation_config.do_sample = True
+    lm.generation_config.top_k = 50
+    lm.generation_config.temperature = 5.0
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        out = gen.generate(lm, tok, PROMPTS, max_new_tokens=6, batch_size=5, progress=False)
+        assert [r["response"] for r in out] == [r["response"] for r in ref]
+    # and greedy means argmax: the first new token of each prompt is the argmax of the prompt's logits
+    for p, r in zip(PROMPTS, ref):
+        ids = torch.tensor([guard.encode_prompts(tok, [p])[0]])
+        with torch.no_grad():
+            first = int(lm(input_ids=ids).logits[0, -1].argmax())
+        first_text = tok.decode([first], skip_special_tokens=True)
+        assert r["response"].startswith(first_text)
