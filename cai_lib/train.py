@@ -453,8 +453,10 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
     `loaded`: a `models.Loaded` (model, tokenizer, backend, spec, resolved_path, info).
     Writes `<run>/checkpoints/`, `<run>/results/training_log.json` and `<run>/adapter/`
     (with `cai_adapter.json`: pairs sha256, base identity, training config).
-    `callbacks` are extra TrainerCallbacks (tests use one to interrupt a run). After training the LoRA layers are removed from `loaded.model`
-    again, so the same Loaded can train another adapter (the ablation does).
+    `callbacks` are extra TrainerCallbacks (tests use one to interrupt a run). After
+    training the LoRA layers are removed from `loaded.model` again, so the same Loaded
+    can train another adapter (the ablation does); evaluation applies the saved adapter
+    with `adapters.load_adapter`.
     """
     import torch
 
@@ -490,7 +492,9 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
         msg = f"resuming DPO training from {resume_from} (optimizer, scheduler and RNG state restored)"
     else:
         msg = "starting DPO training from scratch"
-    print(f"[02_train] {msg}; backend={backend}; pairs used {counts['used']}/{counts['total']}", flush=True)
+    dropped = {k[len("dropped_"):]: v for k, v in counts.items() if k.startswith("dropped_") and v}
+    print(f"[02_train] {msg}; backend={backend}; pairs used {counts['used']}/{counts['total']}"
+          + (f" (dropped: {dropped})" if dropped else ""), flush=True)
 
     from datasets import Dataset
     from trl import DPOConfig
