@@ -199,6 +199,9 @@ def run_case(a) -> dict:
         "pairs_per_s": round(a.batch * a.grad_accum / step_s, 3),
         "tokens_per_s": round(tokens / sum(timed), 1),
         "approx_model_tflops": round(tflops, 3) if tflops else None,
+        # dense bf16 peak of H100/H200 SXM: 989.4 TFLOP/s
+        "approx_mfu": round(tflops * 1e12 / 989.4e12, 4) if tflops and cuda and any(
+            g in torch.cuda.get_device_name(0) for g in ("H100", "H200")) else None,
         "peak_memory_gib": round(mem / 2 ** 30, 3), "peak_memory_kind": kind,
         "load_seconds": round(load_s, 2), "final_loss": summary["final"]["loss"],
         "versions": summary["versions"],

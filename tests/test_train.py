@@ -331,3 +331,27 @@ def test_ablation_pieces_run_on_tiny_model(tiny_model_dir, run_dir):
     after = loaded.model.state_dict()
     assert set(after) == set(base_state) and all(torch.equal(after[k], base_state[k]) for k in base_state)
     assert "| variant |" in ab.table(out["rows"])
+
+
+def _has(mod):
+    import importlib.util
+    return importlib.util.find_spec(mod) is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU issue)")
+@pytest.mark.parametrize("backend,quant", [("transformers", "none"), ("transformers", "4bit"), ("unsloth", "4bit")])
+def test_gpu_backends_train_and_record(tiny_model_dir, run_dir, backend, quant):
+    if quant == "4bit" and not _has("bitsandbytes"):
+        pytest.skip("bitsandbytes not installed")
+    if backend == "unsloth" and not _has("unsloth"):
+        pytest.skip("unsloth not installed")
+    from cai_lib.models import load_base
+
+    loaded = load_base(str(tiny_model_dir), backend=backend, quantization=quant)
+    s = train.train_dpo(loaded, pairs_path(run_dir), run_dir,
+                        small_cfg(max_steps=4, save_steps=2, backend=backend, quantization=quant), progress=False)
+    want = {"none": "transformers", "4bit": "transformers+bnb4"}[quant] if backend == "transformers" else "unsloth"
+    assert s["backend"] == want and s["finished"] and s["peak_memory_kind"] == "cuda_max_memory_allocated"
+    assert all(x["loss"] == x["loss"] for x in read_json(run_dir / "results" / "training_log.json")["steps"])
+    assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert loaded.tokenizer.padding_side == "left"  # restored for generation
