@@ -54,15 +54,15 @@ def read_jsonl(path, required: Sequence[str] = (), tolerate_torn_tail: bool = Fa
     return rows
 
 
-def write_jsonl(path, rows: Iterable[dict]) -> Path:
-    """Atomically replace `path` with `rows` (one JSON object per line)."""
+def write_text(path, text: str) -> Path:
+    """Atomically replace `path` with `text`: write a temp file in the same folder, fsync,
+    rename. Readers see the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -70,24 +70,16 @@ def write_jsonl(path, rows: Iterable[dict]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_jsonl(path, rows: Iterable[dict]) -> Path:
+    """Atomically replace `path` with `rows` (one JSON object per line)."""
+    return write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def write_json(path, obj) -> Path:
     """Atomically replace `path` with pretty JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, ensure_ascii=False, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def read_json(path) -> dict:

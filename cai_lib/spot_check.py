@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from .errors import CaiError
+from .jsonl import write_text
 
 COLUMNS = ["id", "model", "type", "instruction", "response",
            "scorer_strict", "scorer_loose", "scorer_form", "human"]
@@ -75,17 +74,7 @@ def _atomic_csv(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow(r)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, buf.getvalue())
 
 
 def _row(rec: dict, model: str) -> dict:
