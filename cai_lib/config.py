@@ -49,6 +49,10 @@ class RunConfig:
     pair_strategy: str = "format_distillation"  # format_distillation | critique_revision
     data_max_new_tokens: int = 48  # per generation while producing pairs
     n_fewshot: int = 3  # few-shot examples per data-generation prompt
+    # Keep pairs whose rejected already passes strict? Off: such a pair has no verifiable
+    # preference, and on a 270M model critique_revision's "revisions" of correct answers
+    # mostly restyle or pad them (dropped as "rejected_passes_strict", counted).
+    pair_keep_if_rejected_passes: bool = False
 
     # ---- 02 train -----------------------------------------------------------------------
     lora_r: int = 16

@@ -29,7 +29,10 @@ Conventions (shared with `train.py`; see DESIGN.md's contracts):
 
 Filtering (a dropped candidate gets its first reason, in this order, plus all reasons
 known): chosen_empty, chosen_unfinished, chosen_fails_strict, rejected_empty, identical
-(after whitespace normalisation). To save CPU time, later generation steps run only for
+(after whitespace normalisation), rejected_passes_strict (the rejected already passes
+strict, so the pair has no verifiable preference; kept when
+cfg.pair_keep_if_rejected_passes — measured on Gemma 3 270M, such critique_revision
+pairs were restyled or padded answers, e.g. "Yes." -> "Yes, it is a yes."). To save CPU time, later generation steps run only for
 candidates that can still become pairs: the raw continuation only where chosen passed;
 critique and revision only where the original answer is non-empty.
 
@@ -61,7 +64,8 @@ STEPS = {
     "format_distillation": ("response", "raw"),
     "critique_revision": ("response", "critique", "revision"),
 }
-REASONS = ("chosen_empty", "chosen_unfinished", "chosen_fails_strict", "rejected_empty", "identical")
+REASONS = ("chosen_empty", "chosen_unfinished", "chosen_fails_strict", "rejected_empty", "identical",
+           "rejected_passes_strict")
 GEN_FIELDS = ("item_id", "step", "prompt", "response", "finish_reason")
 
 
@@ -255,7 +259,8 @@ def _chosen_reasons(chosen: str, fr: str, score: dict) -> list[str]:
     return reasons
 
 
-def _make_pair(item, strategy, chosen, ch_fr, ch_score, rejected, rj_fr, *, fewshot, extra) -> dict | tuple:
+def _make_pair(item, strategy, chosen, ch_fr, ch_score, rejected, rj_fr, *, fewshot, extra,
+               keep_if_rejected_passes=False) -> dict | tuple:
     reasons = []
     if not rejected.strip():
         reasons.append("rejected_empty")
@@ -264,6 +269,8 @@ def _make_pair(item, strategy, chosen, ch_fr, ch_score, rejected, rj_fr, *, fews
     if reasons:
         return ("drop", reasons)
     rj_score = _score(item, rejected, rj_fr)
+    if rj_score["strict"] and not keep_if_rejected_passes:
+        return ("drop", ["rejected_passes_strict"])
     return {
         "prompt": item["instruction"],
         "chosen": chosen,
@@ -307,6 +314,7 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
     gen = generate_fn or _default_generate
     rotate_fn = rotate_fn or _default_rotate
     max_new = int(cfg.data_max_new_tokens)
+    keep_rp = bool(getattr(cfg, "pair_keep_if_rejected_passes", False))
     store = _Store(paths.generations)
     timing: dict = {}
     run = dict(loaded=loaded, gen=gen, rotate_fn=rotate_fn, cfg=cfg, max_new_tokens=max_new,
@@ -337,7 +345,8 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
             raw = store.get(it["id"], "raw")
             rejected = raw["response"].strip()  # no cut: what evaluation sees
             out = _make_pair(it, strategy, chosen, fr, chosen_scores[it["id"]], rejected, raw["finish_reason"],
-                             fewshot=fs[it["id"]], extra={"new_tokens": _new_tokens(store, it, STEPS[strategy])})
+                             fewshot=fs[it["id"]], extra={"new_tokens": _new_tokens(store, it, STEPS[strategy])},
+                             keep_if_rejected_passes=keep_rp)
             if isinstance(out, tuple):
                 dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=rejected))
             else:
@@ -367,7 +376,8 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
             ids["critique"] = store.get(it["id"], "critique").get("fewshot_ids", [])
             ids["revision"] = rev_row.get("fewshot_ids", [])
             out = _make_pair(it, strategy, chosen, fr, score, original, o_fr, fewshot=ids,
-                             extra={"critique": critique, "new_tokens": _new_tokens(store, it, STEPS[strategy])})
+                             extra={"critique": critique, "new_tokens": _new_tokens(store, it, STEPS[strategy])},
+                             keep_if_rejected_passes=keep_rp)
             if isinstance(out, tuple):
                 dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=original, critique=critique))
             else:

@@ -176,6 +176,12 @@ def test_format_distillation_pairs_and_filters(tmp_path):
 
 def test_critique_revision_pairs_and_filters(tmp_path):
     (kept, dropped), paths, gen = build(tmp_path, "critique_revision", CR)
+    assert [p["item_id"] for p in kept] == ["qa-1"]
+    # the trim of an already-correct answer has no verifiable preference: dropped ...
+    assert next(d for d in dropped if d["item_id"] == "qa-2")["reason"] == "rejected_passes_strict"
+    # ... unless the profile keeps such pairs; then the length-only flag marks it
+    (kept, dropped), paths, gen = build(tmp_path, "critique_revision", CR, name="keep",
+                                        pair_keep_if_rejected_passes=True)
     by_id = {p["item_id"]: p for p in kept}
     assert sorted(by_id) == ["qa-1", "qa-2"]
     p = by_id["qa-1"]
@@ -304,7 +310,7 @@ def test_bad_input(tmp_path):
 
 
 def test_example_pairs_and_fewshot_ids(tmp_path):
-    (kept, _), paths, _ = build(tmp_path, "critique_revision", CR)
+    (kept, _), paths, _ = build(tmp_path, "critique_revision", CR, pair_keep_if_rejected_passes=True)
     ex = pairs.example_pairs(kept, n=3, seed=0)
     assert len(ex) == 2 and {e["item_id"] for e in ex} == {"qa-1", "qa-2"}
     assert set(ex[0]) >= {"prompt", "chosen", "rejected", "critique"}
@@ -336,7 +342,7 @@ def test_smoke_with_the_real_tiny_model(tmp_path, tiny_tok, strategy):
     loaded = SimpleNamespace(model=tiny_model(tok), tokenizer=tok)
     items = ITEMS[:3]
     paths = run_paths(tmp_path / "run")
-    kept, dropped = pairs.build_pairs(loaded, items, cfg(data_max_new_tokens=6), paths, strategy=strategy,
+    kept, dropped = pairs.build_pairs(loaded, items, cfg(data_max_new_tokens=6, n_fewshot=1), paths, strategy=strategy,
                                       generate_fn=generate.generate, rotate_fn=fake_rotate, progress=False)
     assert len(kept) + len(dropped) == len(items)
     rows = read_jsonl(paths.generations)
@@ -353,7 +359,7 @@ def test_smoke_with_the_real_tiny_model(tmp_path, tiny_tok, strategy):
         calls.append(a[2])
         return generate.generate(*a, **k)
 
-    again = pairs.build_pairs(loaded, items, cfg(data_max_new_tokens=6), paths, strategy=strategy,
+    again = pairs.build_pairs(loaded, items, cfg(data_max_new_tokens=6, n_fewshot=1), paths, strategy=strategy,
                               generate_fn=counting, rotate_fn=fake_rotate, progress=False)
     assert calls == [] and again == (kept, dropped)
 
@@ -363,10 +369,21 @@ def test_real_fewshot_bank_with_scripted_generation(tmp_path):
     paths = run_paths(tmp_path / "run")
     kept, dropped = pairs.build_pairs(None, ITEMS, cfg(n_fewshot=3), paths, strategy="critique_revision",
                                       generate_fn=FakeGen(CR), progress=False)  # default rotate_fn: the real bank
-    assert len(kept) == 2 and len(dropped) == 4
+    assert len(kept) == 1 and len(dropped) == 5
     rows = read_jsonl(paths.generations)
     assert all(len(r["fewshot_ids"]) == 3 for r in rows)
     from cai_lib.fewshot import FEWSHOT
     known = {prompts.fewshot_id(ex) for steps in FEWSHOT.values() for exs in steps.values() for ex in exs}
     used = pairs.used_fewshot_ids(paths)
     assert used and used <= known  # the leakage guard can map ids back to bank examples
+
+
+def test_pair_whose_rejected_already_passes_is_dropped_unless_asked(tmp_path):
+    script = dict(FD)
+    script[(ITEMS[0]["instruction"], "raw")] = (" The capital is Paris.", "eos")  # already correct and stopped
+    (kept, dropped), _, _ = build(tmp_path, "format_distillation", script, name="a")
+    assert "qa-1" not in {p["item_id"] for p in kept}
+    assert next(d for d in dropped if d["item_id"] == "qa-1")["reason"] == "rejected_passes_strict"
+    (kept, dropped), _, _ = build(tmp_path, "format_distillation", script, name="b", pair_keep_if_rejected_passes=True)
+    p = next(p for p in kept if p["item_id"] == "qa-1")
+    assert p["scores"]["rejected"]["strict"] is True and p["rejected"] == "The capital is Paris."
