@@ -139,19 +139,20 @@ def shard_indices(n: int, rank: int, world: int, *, lengths: Sequence[int] | Non
                   batch_size: int = 1) -> list[int]:
     """Indices (into a list of `n` items) that process `rank` of `world` handles.
 
-    Without `lengths`: item i goes to rank i % world (in index order). With `lengths`
-    (token counts of the prompts): the batch-aligned plan described in the module
-    docstring — order by (-length, index), cut into batches of `batch_size`, batch b to
-    rank b % world. Every index lands on exactly one rank; the result depends only on the
-    arguments."""
+    The items are put in order — by (-length, index) when `lengths` (token counts of the
+    prompts) are given, as `generate()` orders them; else as given — cut into batches of
+    `batch_size`, and batch b goes to rank b % world (with batch_size 1 and no lengths:
+    item i to rank i % world). Every index lands on exactly one rank; the result depends
+    only on the arguments."""
     _check_rank(rank, world)
     if batch_size < 1:
         raise CaiError(f"batch_size must be >= 1, got {batch_size}")
     if lengths is None:
-        return list(range(rank, n, world))
-    if len(lengths) != n:
+        order = list(range(n))
+    elif len(lengths) != n:
         raise CaiError(f"shard_indices: {len(lengths)} lengths for {n} items")
-    order = sorted(range(n), key=lambda i: (-int(lengths[i]), i))
+    else:
+        order = sorted(range(n), key=lambda i: (-int(lengths[i]), i))
     batches = [order[j:j + batch_size] for j in range(0, n, batch_size)]
     return [i for b, batch in enumerate(batches) if b % world == rank for i in batch]
 
@@ -182,8 +183,13 @@ def generate_sharded(model, tokenizer, items: Sequence[dict], *, shard_dir, max_
                      batch_size: int = 8, stop: list[str] | None = None, rank: int | None = None,
                      world: int | None = None, prompt_key: str = "prompt", id_key: str = "id",
                      progress: bool = True, desc: str = "generate", generate_fn: Callable | None = None,
-                     settings: dict | None = None) -> Path:
+                     settings: dict | None = None, batch_order: str = "longest_first") -> Path:
     """Generate this rank's shard of `items` and write it; returns the shard file.
+
+    `batch_order`: "longest_first" reproduces the batches one `generate()` call over all
+    items would form; "as_given" reproduces callers that already cut their own batches of
+    `batch_size` from `items` in the given order (stage 01 calls generate once per such
+    chunk): each of this rank's batches is then decoded by its own `generate()` call.
 
     Each row is the item plus generate()'s fields (response, finish_reason, prompt_tokens,
     new_tokens, seconds). A complete shard already on disk for the same inputs and
@@ -207,14 +213,16 @@ def generate_sharded(model, tokenizer, items: Sequence[dict], *, shard_dir, max_
         dup = next(i for i in ids if ids.count(i) > 1)
         raise CaiError(f"duplicate item id {dup!r}: sharded generation merges by id — make ids unique")
     prompts = [it[prompt_key] for it in items]
-    lengths = [len(x) for x in guard.encode_prompts(tokenizer, prompts)]
+    if batch_order not in ("longest_first", "as_given"):
+        raise CaiError(f"batch_order={batch_order!r} is not one of ['longest_first', 'as_given']")
+    lengths = [len(x) for x in guard.encode_prompts(tokenizer, prompts)] if batch_order == "longest_first" else None
     mine = shard_indices(len(items), rank, world, lengths=lengths, batch_size=batch_size)
     path = shard_path(shard_dir, rank, world)
     meta = {
         "rank": rank, "world": world, "n_total": len(items),
         "inputs_sha256": _sha([[str(i), p] for i, p in zip(ids, prompts)]),
-        "settings_sha256": _sha({"max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                                 "stop": stop, "extra": settings or {}}),
+        "settings_sha256": _sha({"max_new_tokens": max_new_tokens, "batch_size": batch_size, "stop": stop,
+                                 "batch_order": batch_order, "extra": settings or {}}),
         "positions": mine, "ids": [ids[i] for i in mine], "id_key": id_key,
     }
     mp = _meta_path(path)
@@ -228,9 +236,13 @@ def generate_sharded(model, tokenizer, items: Sequence[dict], *, shard_dir, max_
         if same and [r.get(id_key) for r in rows] == meta["ids"]:
             return path
     mp.unlink(missing_ok=True)  # the shard is complete only once its meta is (re)written
-    outs = generate_fn(model, tokenizer, [prompts[i] for i in mine], max_new_tokens=max_new_tokens,
-                       batch_size=batch_size, stop=stop, progress=progress and info.is_main,
-                       desc=f"{desc} [rank {rank}/{world}]") if mine else []
+    groups = [mine] if batch_order == "longest_first" else [mine[j:j + batch_size] for j in range(0, len(mine), batch_size)]
+    outs = []
+    for group in groups:
+        if group:
+            outs += generate_fn(model, tokenizer, [prompts[i] for i in group], max_new_tokens=max_new_tokens,
+                                batch_size=batch_size, stop=stop, progress=progress and info.is_main,
+                                desc=f"{desc} [rank {rank}/{world}]")
     if len(outs) != len(mine):
         raise CaiError(f"generate returned {len(outs)} records for {len(mine)} prompts on rank {rank}")
     write_jsonl(path, [{**items[i], **out} for i, out in zip(mine, outs)])
@@ -310,16 +322,19 @@ class ShardedGenerate:
 
     Every rank must make the same sequence of calls with the same prompts (as the stage
     code does); call k writes its shards under `shard_dir/<k>-<desc>/`. Returns
-    generate()'s records in input order, identical on every rank.
+    generate()'s records in input order, identical on every rank. `batch_order` as in
+    `generate_sharded`; a caller that cuts its own batches should hand over
+    `world × batch_size` prompts per call (see `world`) so every process gets a batch.
     """
 
     def __init__(self, shard_dir, *, rank: int | None = None, world: int | None = None,
-                 generate_fn: Callable | None = None):
+                 generate_fn: Callable | None = None, batch_order: str = "longest_first"):
         self.shard_dir = Path(shard_dir)
         info = dist_info()
         self.rank = info.rank if rank is None else rank
         self.world = info.world if world is None else world
         self.generate_fn = generate_fn
+        self.batch_order = batch_order
         self.calls = 0
 
     def __call__(self, model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 8,
@@ -331,5 +346,5 @@ class ShardedGenerate:
         merged = run_sharded(model, tokenizer, items, shard_dir=call_dir, rank=self.rank, world=self.world,
                              max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
                              prompt_key="_prompt", id_key="_i", progress=progress, desc=desc,
-                             generate_fn=self.generate_fn)
+                             generate_fn=self.generate_fn, batch_order=self.batch_order)
         return [{k: v for k, v in r.items() if k not in ("_i", "_prompt")} for r in merged]

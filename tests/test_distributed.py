@@ -92,6 +92,7 @@ def test_batch_aligned_plan_deals_whole_longest_first_batches():
     assert D.shard_indices(6, 1, 2, lengths=lengths, batch_size=2) == [5, 0]
     assert D.shard_items(list("abcdef"), 1, 2, lengths=lengths, batch_size=2) == ["f", "a"]
     assert D.shard_indices(5, 1, 2) == [1, 3]
+    assert D.shard_indices(5, 1, 2, batch_size=2) == [2, 3]  # consecutive batches of the given order
     with pytest.raises(CaiError):
         D.shard_indices(3, 2, 2)
 
@@ -158,6 +159,35 @@ def test_shards_reproduce_single_process_batches_and_outputs(tiny_model_dir, tmp
     # The drop-in generate() replacement returns generate()'s records in input order.
     dropin = D.ShardedGenerate(tmp_path / "calls", rank=0, world=1)(m, tok, PROMPTS, **kw)
     assert [strip(r) for r in dropin] == [strip(r) for r in single]
+
+
+def test_as_given_batches_reproduce_a_caller_that_cuts_its_own_chunks(tiny_model_dir, tmp_path):
+    """Stage 01 sorts its requests itself and calls generate() once per chunk of batch_size;
+    handing ShardedGenerate chunks of world × batch_size must decode the same batches."""
+    loaded = load_tiny(tiny_model_dir)
+    m, tok = loaded.model, loaded.tokenizer
+    bs, world = 2, 2
+    order = sorted(PROMPTS, key=lambda p: (-len(p), p))  # the caller's own (character) order
+    kw = dict(max_new_tokens=5, batch_size=bs, progress=False)
+    single_batches, single = [], []
+    for j in range(0, len(order), bs):
+        single += _recording(single_batches)(m, tok, order[j:j + bs], **kw)
+    shard_batches, per_rank = [], {r: [] for r in range(world)}
+    for r in range(world):  # simulate the ranks one after another; call k = chunk k
+        sg = D.ShardedGenerate(tmp_path / "sg", rank=r, world=world, generate_fn=_recording(shard_batches),
+                               batch_order="as_given")
+        for j in range(0, len(order), bs * world):
+            items = [{"_i": i, "_prompt": p} for i, p in enumerate(order[j:j + bs * world])]
+            D.generate_sharded(m, tok, items, shard_dir=sg.shard_dir / f"{j:04d}", rank=r, world=world,
+                               prompt_key="_prompt", id_key="_i", generate_fn=sg.generate_fn,
+                               batch_order="as_given", **kw)
+    assert sorted(single_batches) == sorted(shard_batches)
+    merged = []
+    for j in range(0, len(order), bs * world):
+        d = tmp_path / "sg" / f"{j:04d}"
+        merged += D.merge_shards([D.shard_path(d, r, world) for r in range(world)])
+    assert [r["response"] for r in merged] == [r["response"] for r in single]
+    assert [r["_prompt"] for r in merged] == order
 
 
 def _fake_gen(model, tok, prompts, **kw):
@@ -276,8 +306,13 @@ WORKER = textwrap.dedent("""
     run_sharded(loaded.model, loaded.tokenizer, items, shard_dir=out / "shards", out=out / "merged.jsonl",
                 prompt_key="instruction", **kw)
     dropin = ShardedGenerate(out / "calls")(loaded.model, loaded.tokenizer, [i["instruction"] for i in items], **kw)
+    # A caller that cuts its own batches (stage 01): chunks of world × batch_size, in its order.
+    order = sorted((i["instruction"] for i in items), key=lambda p: (-len(p), p))
+    sg = ShardedGenerate(out / "given", batch_order="as_given")
+    given = [r for j in range(0, len(order), 6) for r in sg(loaded.model, loaded.tokenizer, order[j:j + 6], **kw)]
     if info.is_main:
         write_jsonl(out / "dropin.jsonl", dropin)
+        write_jsonl(out / "given.jsonl", given)
 """)
 
 
@@ -292,7 +327,8 @@ def test_two_processes_generate_what_one_process_generates(tiny_model_dir, tmp_p
     assert sorted(p.name for p in (out / "shards").glob("shard-*.jsonl")) == \
         ["shard-00000-of-00002.jsonl", "shard-00001-of-00002.jsonl"]
     loaded = load_tiny(tiny_model_dir)
-    single = __import__("cai_lib.generate", fromlist=["generate"]).generate(
+    from cai_lib.generate import generate
+    single = generate(
         loaded.model, loaded.tokenizer, PROMPTS, max_new_tokens=6, batch_size=3, progress=False)
     fields = ("response", "finish_reason", "prompt_tokens", "new_tokens")
     merged = read_jsonl(out / "merged.jsonl")
@@ -300,6 +336,11 @@ def test_two_processes_generate_what_one_process_generates(tiny_model_dir, tmp_p
     assert [{k: r[k] for k in fields} for r in merged] == [{k: r[k] for k in fields} for r in single]
     dropin = read_jsonl(out / "dropin.jsonl")
     assert [{k: r[k] for k in fields} for r in dropin] == [{k: r[k] for k in fields} for r in single]
+    order = sorted(PROMPTS, key=lambda p: (-len(p), p))
+    per_chunk = [r for j in range(0, len(order), 3) for r in generate(loaded.model, loaded.tokenizer, order[j:j + 3],
+                                                                     max_new_tokens=6, batch_size=3, progress=False)]
+    given = read_jsonl(out / "given.jsonl")
+    assert [{k: r[k] for k in fields} for r in given] == [{k: r[k] for k in fields} for r in per_chunk]
 
 
 ANSWERS = ["Paris.", "Four.", "Yes.", "red, green and blue."]
