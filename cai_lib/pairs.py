@@ -447,8 +447,8 @@ def pair_diagnostics(pairs: Sequence[dict], dropped: Sequence[dict], generation:
         "edit_distance_normalized": _quantiles(edn),
         "length_only": {
             "n": n_lo, "share": round(n_lo / n, 4) if n else None, "by_kind": dict(lo),
-            "note": "pairs whose texts differ only by length (one is a substring of the other after whitespace "
-                    "normalisation). chosen_prefix = the raw continuation ran on past the answer (format_distillation's "
+            "note": "pairs whose texts differ only by length (one is a contiguous run of the other's words, case "
+                    "and punctuation ignored; same_words = only case/punctuation differ). chosen_prefix = the raw continuation ran on past the answer (format_distillation's "
                     "intended stop signal); chosen_within / rejected_within = content trimmed or padded — a high share "
                     "means the 'improvement' is shortening, as in the replaced system.",
         },
