@@ -62,7 +62,7 @@ class RunConfig:
     beta: float = 0.1
     loss_type: list = field(default_factory=lambda: ["sigmoid", "sft"])  # (differs: TRL "sigmoid")
     loss_weights: list = field(default_factory=lambda: [1.0, 1.0])
-    chosen_leading_space: bool = False  # chosen starts right after the prompt's newline
+    chosen_leading_space: bool = False  # False: completion = "\n" + answer (next line); True: " " + answer. Prompt = raw instruction either way (cai_lib/train.py)
     learning_rate: float = 1e-4  # (differs: TRL 1e-6 — LoRA needs a larger step)
     num_epochs: float = 3.0
     max_steps: int = -1  # > 0 overrides num_epochs
