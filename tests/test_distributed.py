@@ -274,6 +274,16 @@ def test_launch_command_and_cli_errors(tmp_path):
     assert main(["train", "--run", str(tmp_path / "missing")]) == 1  # no config.json: one-line error
 
 
+def test_set_overrides_parse_json_and_refuse_unknown_fields(tmp_path):
+    assert TL._overrides(["max_steps=3", "loss_type=[\"sigmoid\"]", "model=embedded:gemma-3-270m"]) == \
+        {"max_steps": 3, "loss_type": ["sigmoid"], "model": "embedded:gemma-3-270m"}
+    with pytest.raises(CaiError, match="KEY=VALUE"):
+        TL._overrides(["max_steps"])
+    write_json(tmp_path / "config.json", RunConfig().to_dict())
+    with pytest.raises(CaiError, match="not a RunConfig field"):
+        TL.run(["--run-dir", str(tmp_path), "--set", "max_stepz=3"])
+
+
 @pytest.mark.parametrize("name", ["ddp.yaml", "fsdp_qlora.yaml", "deepspeed_zero3.yaml"])
 def test_accelerate_configs_parse_as_accelerate_configs(name):
     from accelerate.commands.config.config_args import load_config_from_file
