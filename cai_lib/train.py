@@ -75,6 +75,16 @@ TRAJECTORY_FIELDS = (
     "precompute_ref_log_probs", "gradient_checkpointing", "seed", "quantization",
 )
 TRAIN_FIELDS = TRAJECTORY_FIELDS + ("save_steps", "save_total_limit", "model", "backend", "dtype")
+# Under `accelerate launch` every process runs train_dpo; only the main process writes the
+# run's files (identity, log, checkpoint markers, adapter). cai_lib.train_launch reads this.
+MAIN_PROCESS_WRITES = True
+
+
+def _dist():
+    """(is_main, world_size, barrier) for this process; plain single process without a launcher."""
+    from accelerate import PartialState
+    st = PartialState()
+    return st.is_main_process, st.num_processes, st.wait_for_everyone
 
 
 # ---------------------------------------------------------------------------------------
@@ -295,7 +305,7 @@ def _make_log_callback(log_path: Path, log: dict, session: dict):
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
-            if "loss" not in logs:
+            if "loss" not in logs or not state.is_world_process_zero:
                 return  # the end-of-training summary line, not a step
             elapsed = time.perf_counter() - session["t0"]
             done = state.global_step - session["start_step"]
@@ -322,7 +332,7 @@ def _make_log_callback(log_path: Path, log: dict, session: dict):
         def on_save(self, args, state, control, **kw):
             # Written after the trainer finished the folder: its presence marks it complete.
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
+            if ckpt.is_dir() and state.is_world_process_zero:
                 write_json(ckpt / CKPT_META, {**session["identity_record"], "global_step": state.global_step})
 
     return TrainingLogCallback()
@@ -429,14 +439,27 @@ def _identity_record(loaded, cfg, pairs_sha: str) -> dict:
     }
 
 
-def _save_adapter(model, adapter_dir: Path, meta: dict) -> None:
-    """Write the adapter next to its final place, then swap: never a half-written adapter/."""
+def _save_adapter(trainer, adapter_dir: Path, meta: dict) -> None:
+    """Write the adapter next to its final place, then swap: never a half-written adapter/.
+
+    With several processes the save is collective (`trainer.save_model` gathers sharded
+    FSDP / ZeRO-3 weights) and only the main process writes."""
+    is_main, world, barrier = _dist()
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    kwargs = {}
-    if len(getattr(model, "peft_config", {})) > 1:  # TRL adds a frozen "ref" copy for pre-wrapped models
-        kwargs["selected_adapters"] = ["default"]
-    model.save_pretrained(str(tmp), **kwargs)
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if world > 1:
+        barrier()
+        trainer.save_model(str(tmp))
+        barrier()
+        if not is_main:
+            return
+    else:
+        model = trainer.model
+        kwargs = {}
+        if len(getattr(model, "peft_config", {})) > 1:  # TRL adds a frozen "ref" copy for pre-wrapped models
+            kwargs["selected_adapters"] = ["default"]
+        model.save_pretrained(str(tmp), **kwargs)
     write_json(tmp / ADAPTER_META, meta)
     old = adapter_dir.with_name(f".{adapter_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -471,13 +494,17 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
     backend = pick_training_backend(cfg.backend, quant, loaded_backend=getattr(loaded, "backend", None))
     records, counts = prepare_pairs(loaded.tokenizer, rows, cfg, source=str(pairs_path))
 
+    is_main, world, barrier = _dist()
     record = _identity_record(loaded, cfg, pairs_sha)
     ckpt_dir = paths.checkpoints
     resume_from = _check_checkpoints(ckpt_dir, record, resume)
-    if not resume and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    write_json(ckpt_dir / RUN_META, record)
+    if is_main:
+        if not resume and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_json(ckpt_dir / RUN_META, record)
+    if world > 1:
+        barrier()  # nobody starts (or saves a checkpoint) before the main process cleared/marked the folder
 
     log_path = paths.training_log
     log = {"steps": [], "sessions": []}
@@ -493,8 +520,9 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
     else:
         msg = "starting DPO training from scratch"
     dropped = {k[len("dropped_"):]: v for k, v in counts.items() if k.startswith("dropped_") and v}
-    print(f"[02_train] {msg}; backend={backend}; pairs used {counts['used']}/{counts['total']}"
-          + (f" (dropped: {dropped})" if dropped else ""), flush=True)
+    if is_main:
+        print(f"[02_train] {msg}; backend={backend}; pairs used {counts['used']}/{counts['total']}"
+              + (f" (dropped: {dropped})" if dropped else ""), flush=True)
 
     from datasets import Dataset
     from trl import DPOConfig
@@ -556,7 +584,8 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
             sess["start_step"] = session.get("start_step")
             sess["end_step"] = trainer.state.global_step
             sess["seconds"] = round(time.perf_counter() - t0, 3)
-            write_json(log_path, log)
+            if is_main:
+                write_json(log_path, log)
         summary = _finish(trainer, result, loaded, cfg, paths, log, session, record, counts, backend,
                           resume_from, pairs_path, pairs_sha, time.perf_counter() - t0)
     finally:
@@ -595,7 +624,8 @@ def _finish(trainer, result, loaded, cfg, paths, log, session, record, counts, b
         "training_log": str(paths.training_log),
     }
     log["summary"] = summary
-    write_json(paths.training_log, log)
+    if trainer.is_world_process_zero():
+        write_json(paths.training_log, log)
     if finished:
         meta = {
             "pairs_sha256": pairs_sha, "pairs_path": str(pairs_path), "base_identity": record["base_identity"],
@@ -603,9 +633,10 @@ def _finish(trainer, result, loaded, cfg, paths, log, session, record, counts, b
             "backend": backend, "steps": state.global_step, "tokens_seen": summary["tokens_seen"],
             "versions": summary["versions"], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        _save_adapter(trainer.model, paths.adapter, meta)
-        print(f"[02_train] done: {state.global_step} steps, adapter in {paths.adapter}", flush=True)
-    else:
+        _save_adapter(trainer, paths.adapter, meta)
+        if trainer.is_world_process_zero():
+            print(f"[02_train] done: {state.global_step} steps, adapter in {paths.adapter}", flush=True)
+    elif trainer.is_world_process_zero():
         print(f"[02_train] stopped at step {state.global_step}/{state.max_steps}; rerun to resume", flush=True)
     return summary
 
