@@ -32,9 +32,13 @@ def load_models(cfg, paths):
     return loaded, model
 
 
-def generate_both(model, tokenizer, items: list[dict], cfg, *, progress: bool = True) -> tuple[list, list, dict]:
+def generate_both(model, tokenizer, items: list[dict], cfg, *, progress: bool = True,
+                  generate_fn=None) -> tuple[list, list, dict]:
+    """`generate_fn` defaults to generate.generate; a sharded generator
+    (distributed.ShardedGenerate) can stand in when several processes share the work."""
     from .adapters import adapter_disabled
-    from .generate import generate
+    from .generate import generate as _generate
+    generate = generate_fn or _generate
     prompts = [it["instruction"] for it in items]  # raw instruction, identical for both models
     kw = dict(max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.gen_batch_size, progress=progress)
     t0 = time.time()
@@ -51,7 +55,7 @@ def generate_both(model, tokenizer, items: list[dict], cfg, *, progress: bool = 
     return base, trained, timing
 
 
-def run_evaluation(cfg, paths, *, progress: bool = True) -> dict:
+def run_evaluation(cfg, paths, *, progress: bool = True, generate_fn=None) -> dict:
     from .leakage import verify_eval_set
     verify_eval_set(paths)  # train file present, hashes match, no leaks — else a one-line refusal
     items = load_items(paths.eval_instructions)
@@ -68,7 +72,8 @@ def run_evaluation(cfg, paths, *, progress: bool = True) -> dict:
         plan["dry_run"] = True
         print(f"dry run: would evaluate {len(items)} items × 2 models; nothing generated")
         return plan
-    base, trained, timing = generate_both(model, loaded.tokenizer, items, cfg, progress=progress)
+    base, trained, timing = generate_both(model, loaded.tokenizer, items, cfg, progress=progress,
+                                          generate_fn=generate_fn)
     write_jsonl(paths.eval_base, base)
     write_jsonl(paths.eval_trained, trained)
     from .generate import determinism_check
