@@ -498,6 +498,8 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
     record = _identity_record(loaded, cfg, pairs_sha)
     ckpt_dir = paths.checkpoints
     resume_from = _check_checkpoints(ckpt_dir, record, resume)
+    if world > 1:
+        barrier()  # every process has read the checkpoints before the main one may clear them
     if is_main:
         if not resume and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)
