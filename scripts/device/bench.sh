@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Run THERE (device machine), from the repo root, after setup.sh installed the wheels.
+# Phases (one device call each while the machine stays warm; logs + JSON go to $OUT):
+#   check   versions, nvidia-smi, imports; builds the random-weight model folders
+#   eval    eval generation throughput (1.5B shape) + eval memory (7B shape, 8-bit)
+#   dpo     DPO step: TRL+PEFT QLoRA vs Unsloth, 1.5B and 7B shapes, same card, one invocation
+#   compile Unsloth compile on vs UNSLOTH_COMPILE_DISABLE=1 at two run lengths (270M shape)
+#   gputest pytest tests/test_gpu.py
+set -o pipefail
+source scripts/device/env.sh
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+M=/tmp/bench_models
+for phase in "$@"; do
+  echo "=== $phase $(date +%T)"
+  case $phase in
+    check)
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/env.txt"
+      python3 -m pip list 2>/dev/null | grep -iE "^(torch|transformers|accelerate|peft|trl|datasets|bitsandbytes|unsloth|unsloth.zoo|triton|xformers|fsspec|huggingface.hub|pyarrow|torchao|papermill|nbconvert|ipykernel|numpy|tokenizers|safetensors) " | tee -a "$OUT/env.txt"
+      python3 -m pip check 2>&1 | grep -iE "unsloth|trl|datasets|bitsandbytes|peft|transformers|torchao|papermill|nbconvert" | tee -a "$OUT/env.txt"
+      python3 - <<'PY' 2>&1 | tee -a "$OUT/env.txt"
+import importlib, traceback
+for m in ["bitsandbytes", "trl", "datasets", "peft", "unsloth", "unsloth_zoo", "papermill", "nbconvert"]:
+    try:
+        mod = importlib.import_module(m); print("OK", m, getattr(mod, "__version__", "?"))
+    except Exception as e:
+        print("FAIL", m, repr(e)[:500]); traceback.print_exc(limit=3)
+PY
+      python3 -c "
+import sys; sys.path.insert(0, 'benchmarks'); import gpu_shapes, time
+for s in ['qwen1.5b', 'qwen7b', 'gemma270m']:
+    t = time.time(); gpu_shapes.build_model_dir(s, '$M/' + s); print('built', s, round(time.time() - t, 1), 's')
+" 2>&1 | tail -5
+      ;;
+    eval)
+      python3 benchmarks/bench_eval_generation.py --json "$OUT/bench_eval_generation.json" ${MODEL_DIR:+--model-dir $MODEL_DIR} 2>&1 | grep -v Warning | tail -20 | tee "$OUT/eval_generation.log"
+      python3 benchmarks/bench_eval_memory.py --json "$OUT/bench_eval_memory.json" 2>&1 | tail -40 | tee "$OUT/eval_memory.log"
+      ;;
+    dpo)
+      python3 benchmarks/bench_dpo_gpu.py --suite --shapes ${SHAPES:-qwen1.5b,qwen7b} --backends trl,unsloth \
+        --with-precompute --steps ${STEPS:-10} --warmup 3 --json "$OUT/bench_dpo_gpu.json" > "$OUT/dpo.log" 2>&1
+      tail -12 "$OUT/dpo.log"
+      ;;
+    compile)
+      : > "$OUT/compile.log"
+      for steps in ${COMPILE_STEPS:-8 48}; do
+        for dis in 0 1; do
+          rm -rf unsloth_compiled_cache
+          if [ $dis = 1 ]; then export UNSLOTH_COMPILE_DISABLE=1; else unset UNSLOTH_COMPILE_DISABLE; fi
+          t0=$(date +%s.%N)
+          python3 benchmarks/bench_dpo_gpu.py --backend unsloth --shape gemma270m --batch 8 --steps $steps --warmup 0 \
+            --models $M --json "$OUT/compile_${steps}_${dis}.json" >> "$OUT/compile.log" 2>&1
+          echo "steps=$steps compile_disable=$dis process_wall_s=$(python3 -c "import time; print(round(time.time() - $t0, 1))")" | tee -a "$OUT/compile_summary.txt"
+        done
+      done
+      unset UNSLOTH_COMPILE_DISABLE
+      python3 - "$OUT" <<'PY'
+import json, glob, sys
+rows = []
+for f in sorted(glob.glob(sys.argv[1] + "/compile_*_*.json")):
+    r = json.load(open(f)); rows.append(r)
+    if "error" in r: print(f, "ERROR", r["error"][:200]); continue
+    print(f.split("/")[-1], "train_s=%.1f init_s=%.1f load_s=%.1f step_med=%.3f loss0=%.4f lossN=%.4f" % (
+        r["train_s"], r["trainer_init_s"], r["load_s"], r["step_s_median"], r["losses"][0], r["losses"][-1]))
+json.dump(rows, open(sys.argv[1] + "/bench_unsloth_compile.json", "w"), indent=1)
+PY
+      rm -f "$OUT"/compile_*_*.json
+      ;;
+    gputest)
+      python3 -m pytest -q -x tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -30 | tee "$OUT/test_gpu.log"
+      ;;
+  esac
+done
+echo "=== done $(date +%T)"
