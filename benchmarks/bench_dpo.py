@@ -296,7 +296,9 @@ def main(argv=None) -> int:
     print(table(rows))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({"args": vars(a), "results": rows}, indent=2) + "\n")
+        # no paths of this machine in a file that may be committed
+        args = {k: v for k, v in vars(a).items() if k not in ("models_dir", "json", "case", "case_out")}
+        Path(a.json).write_text(json.dumps({"args": args, "results": rows}, indent=2) + "\n")
     return 0 if all("error" not in r for r in rows) else 1
 
 
