@@ -168,7 +168,7 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
     if guard.is_instruct_name(typed_name) and not allow_instruct:
         raise CaiError(
             f"model {typed_name!r} looks instruction-tuned (its name marks it Instruct/-it/chat/sft/dpo); stage 1 "
-            "needs a base model - pass a base checkpoint, or set allow_instruct: true to use it deliberately"
+            "needs a base model - pass a base checkpoint, or set allow_instruct_model: true in the profile (allow_instruct=True in code) to use it deliberately"
         )
     folder, check_name, source = resolve_spec(spec)
 
@@ -177,7 +177,7 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
     if flagged and not allow_instruct:
         raise CaiError(
             f"model {check_name!r} looks instruction-tuned (its name marks it Instruct/-it/chat/sft/dpo); stage 1 "
-            "needs a base model - pass a base checkpoint, or set allow_instruct: true to use it deliberately"
+            "needs a base model - pass a base checkpoint, or set allow_instruct_model: true in the profile (allow_instruct=True in code) to use it deliberately"
         )
 
     if chosen == "unsloth":
@@ -192,7 +192,7 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
             instruct_check["instruct_like"] = True
             if not allow_instruct:
                 raise CaiError(f"model config names it {n!r}, which looks instruction-tuned; pass a base "
-                               "checkpoint, or set allow_instruct: true to use it deliberately")
+                               "checkpoint, or set allow_instruct_model: true in the profile (allow_instruct=True in code) to use it deliberately")
 
     guard.strip_chat_template(tok)
     if tok.pad_token_id is None and tok.eos_token_id is not None:
