@@ -97,11 +97,6 @@ def test_fixture_holds_the_carried_wheels():
     assert {"unsloth-2026.10.9", "unsloth_zoo-2026.10.9", "trl-1.15.0"} <= set(req)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pyproject's gpu extra is wider than Unsloth 2026.10.9 / TRL 1.15 declare; the fix (lead): "
-    "transformers==5.17.0, trl==1.15.0, datasets>=4.7,<5, bitsandbytes>=0.45.5,!=0.46.0,!=0.48.0, "
-    "peft>=0.18, torch>=2.4,<2.15, accelerate>=1.4, sentencepiece>=0.2 in the gpu extra - then delete "
-    "this xfail marker"))
 def test_gpu_extra_is_within_what_the_gpu_wheels_accept():
     ours = project_specs()
     problems = []
