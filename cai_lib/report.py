@@ -134,7 +134,7 @@ def training_curves(training_log_path):
     x = [s["step"] for s in steps]
     axes[0].plot(x, [s["loss"] for s in steps], marker=".")
     axes[0].set_title("DPO loss")
-    axes[1].plot(x, [s.get("rewards/margins") for s in steps], marker=".", color="tab:green")
+    axes[1].plot(x, [s.get("reward_margin") for s in steps], marker=".", color="tab:green")
     axes[1].set_title("reward margin (chosen − rejected)")
     for ax in axes:
         ax.set_xlabel("step")
