@@ -64,3 +64,12 @@ def test_cai_run_end_to_end_tiny(tmp_path, tiny_model_dir, capsys):
     for key in ("00", "01", "02", "03"):
         assert f"stage {key}" in out and "skipped" in out.split(f"stage {key}")[1].splitlines()[0]
     assert "stage 04 04_report: done" in out
+
+    # `cai eval` on any item file: both models, scored records and the stats summary.
+    out_dir = tmp_path / "own_eval"
+    assert main(["eval", "--run", str(runs_root() / "t1"), "--items", str(paths.eval_instructions),
+                 "-o", str(out_dir)]) == 0
+    stats = json.loads((out_dir / "stats.json").read_text())
+    assert stats["n"] == len(read_jsonl(paths.eval_instructions))
+    assert {"mcnemar_p", "base_ci", "trained_ci", "cohens_h", "by_type"} <= set(stats)
+    assert len(read_jsonl(out_dir / "eval_trained.jsonl")) == stats["n"]
