@@ -114,8 +114,14 @@ def _stage_error(stage: Stage, exc, executed: Path) -> CaiError:
 
 
 def run_pipeline(profile: str = "cpu-quick", run_id: str = "", stages: str = "", strict: bool = False) -> int:
+    import os
+
     import papermill as pm
 
+    # Batch runs write progress bars into the report: a few lines, not hundreds, and no
+    # widget warning (the HTML is static, widgets would not render anyway).
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")
     values = load_profile(profile)
     cfg = RunConfig.from_mapping(values, source=f"profile {profile}")
     selected = _select(stages)  # validate everything before anything is written

@@ -117,7 +117,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
     padding) and an out-of-memory shows up on the first batch. On CUDA OOM the batch size is
     halved and the batch retried; the smaller size is kept for the rest.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: they render in the executed notebook and its HTML
 
     if max_new_tokens < 1:
         raise CaiError(f"max_new_tokens must be >= 1, got {max_new_tokens}")

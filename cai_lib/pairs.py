@@ -202,7 +202,7 @@ def _run_step(step, items, store, *, loaded, gen, rotate_fn, cfg, max_new_tokens
     chunks = [[requests[i] for i in order[j:j + bs]] for j in range(0, len(order), bs)]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # text bars: they render in the executed notebook and its HTML
         bar = tqdm(total=len(chunks), desc=f"pairs:{step}")
     try:
         for chunk in chunks:
