@@ -60,7 +60,8 @@ def rates_frame(records: list[dict], by: list[str] | None = None, fields=FIELDS)
     return df
 
 
-def _visible(df):
+def visible(df):
+    """The table without the helper columns (`_*_lo/_hi`) that the charts need."""
     return df[[c for c in df.columns if not c.startswith("_")]]
 
 
@@ -151,7 +152,7 @@ def model_rates_frame(paths, by: list[str] | None = None):
         df = rates_frame(read_jsonl(p), by=by)
         df.insert(0, "model", name)
         frames.append(df)
-    return _visible(pd.concat(frames, ignore_index=True))
+    return visible(pd.concat(frames, ignore_index=True))
 
 
 def model_bar_chart(rates_df):
@@ -210,6 +211,7 @@ def build_report(run_dir, cfg) -> dict:
         both.insert(0, "model", name)
         rates.append(both)
     rates = pd.concat(rates, ignore_index=True)
+    rates = rates[["model", "type"] + [c for c in rates.columns if c not in ("model", "type")]]
 
     write_spot_check(base, trained, paths.spot_check, n=cfg.spot_check_n, seed=cfg.seed)
     spot = spot_check_agreement(paths.spot_check, field=cfg.gate_field)
@@ -236,22 +238,26 @@ def _guard_held(run_dir, records) -> bool:
 
 
 def vs_baseline_frame(paths, trained: list[dict], field: str):
-    """Trained model on raw instructions next to the base model in each baseline format."""
+    """Trained model on raw instructions next to the base model in each baseline format,
+    for every success measure: does training beat the best *formatted* base prompt?"""
     pd = _pd()
-    rows = []
+    groups = []
     if paths.baseline.exists():
         bl = read_jsonl(paths.baseline)
         for fmt in sorted({r["format"] for r in bl}):
-            rs = [r for r in bl if r["format"] == fmt]
-            k = sum(bool(r.get(field)) for r in rs)
-            lo, hi = wilson(k, len(rs))
-            rows.append({"model": f"base · {fmt}", "items": "starter items", "n": len(rs),
-                         field: k / len(rs), "ci": f"[{lo:.2f}, {hi:.2f}]"})
-    k = sum(bool(r.get(field)) for r in trained)
-    lo, hi = wilson(k, len(trained))
-    rows.append({"model": "trained · raw", "items": "held-out eval set", "n": len(trained),
-                 field: k / len(trained) if trained else 0.0, "ci": f"[{lo:.2f}, {hi:.2f}]"})
-    return pd.DataFrame(rows)
+            groups.append((f"base · {fmt}", "starter items", [r for r in bl if r["format"] == fmt]))
+    groups.append(("trained · raw", "held-out eval set", trained))
+    rows = []
+    for name, items, rs in groups:
+        row = {"model": name, "items": items, "n": len(rs)}
+        for f in FIELDS:
+            k = sum(bool(r.get(f)) for r in rs)
+            lo, hi = wilson(k, len(rs)) if rs else (0.0, 1.0)
+            row[f] = f"{k / len(rs):.2f} [{lo:.2f}, {hi:.2f}]" if rs else "—"
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df.attrs["gate_field"] = field
+    return df
 
 
 def verdict_banner(gate: dict):
@@ -266,7 +272,13 @@ def stats_frame(stats: dict):
     pd = _pd()
     keys = ["n", "base_rate", "trained_rate", "base_ci", "trained_ci", "b", "c", "mcnemar_p", "cohens_h",
             "diff", "diff_ci", "diff_ci_bootstrap", "power_n"]
-    return pd.DataFrame([{"statistic": k, "value": stats.get(k)} for k in keys if k in stats])
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return v
+    return pd.DataFrame([{"statistic": k, "value": fmt(stats.get(k))} for k in keys if k in stats])
 
 
 def by_type_frame(stats: dict):
