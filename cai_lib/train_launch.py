@@ -28,6 +28,7 @@ process holds only a shard, so no per-process hash is taken there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -228,6 +229,15 @@ def run(argv=None) -> dict:
     requested = {"per_device_batch_size": cfg.per_device_batch_size,
                  "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "backend": cfg.backend}
     cfg = distributed_backend(adapt_batch(cfg, info.world, args.batch_mode), info.world)
+    if info.world > 1 and cfg.precompute_ref_log_probs:
+        # Seen on 2 CPU processes (TRL 1.16, datasets 5.2): the precomputed column is cached
+        # in one process's temporary datasets folder and the other process fails to open it
+        # (FileNotFoundError …/hf_datasets-*/cache-*.arrow). Compute the reference pass each
+        # step instead — same loss, slower steps — until that is fixed upstream or here.
+        if info.is_main:
+            print("[train_launch] precompute_ref_log_probs is off with several processes "
+                  "(datasets temp-cache race); the reference pass runs every step", flush=True)
+        cfg = dataclasses.replace(cfg, precompute_ref_log_probs=False)
     pairs = Path(args.pairs) if args.pairs else paths.preference_pairs
 
     from . import train as train_mod

@@ -362,7 +362,7 @@ def _make_run(path, model_dir):
               "rejected": RAMBLE} for i in range(8)]
     write_jsonl(path / "data" / "preference_pairs.jsonl", pairs)
     # Global batch 4 = 2 per device × 2 accumulation on one process, 2 × 1 × 2 processes.
-    cfg = RunConfig(model=str(model_dir), lora_r=8, lora_alpha=16, learning_rate=1e-2, max_steps=4, save_steps=2,
+    cfg = RunConfig(model=str(model_dir), precompute_ref_log_probs=False, lora_r=8, lora_alpha=16, learning_rate=1e-2, max_steps=4, save_steps=2,
                     per_device_batch_size=2, gradient_accumulation_steps=2, warmup_ratio=0.0,
                     max_length=64, max_prompt_length=32, seed=0)
     write_json(path / "config.json", cfg.to_dict())
