@@ -357,12 +357,12 @@ ANSWERS = ["Paris.", "Four.", "Yes.", "red, green and blue."]
 RAMBLE = "Q: What is two plus two?\nA: Four.\nQ: What is the capital"
 
 
-def _make_run(path, model_dir):
+def _make_run(path, model_dir, precompute=False):
     pairs = [{"prompt": f"Answer this question: What is {i} plus {i}?", "chosen": ANSWERS[i % 4],
               "rejected": RAMBLE} for i in range(8)]
     write_jsonl(path / "data" / "preference_pairs.jsonl", pairs)
     # Global batch 4 = 2 per device × 2 accumulation on one process, 2 × 1 × 2 processes.
-    cfg = RunConfig(model=str(model_dir), precompute_ref_log_probs=False, lora_r=8, lora_alpha=16, learning_rate=1e-2, max_steps=4, save_steps=2,
+    cfg = RunConfig(model=str(model_dir), precompute_ref_log_probs=precompute, lora_r=8, lora_alpha=16, learning_rate=1e-2, max_steps=4, save_steps=2,
                     per_device_batch_size=2, gradient_accumulation_steps=2, warmup_ratio=0.0,
                     max_length=64, max_prompt_length=32, seed=0)
     write_json(path / "config.json", cfg.to_dict())
@@ -372,12 +372,16 @@ def _make_run(path, model_dir):
 def test_ddp_training_on_two_processes_matches_one_device(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    multi = _make_run(tmp_path / "multi", tiny_model_dir)
+    # The profile asks for precomputed reference log-probs (the default); with several
+    # processes the launcher turns that off (datasets cache race), which must not change
+    # the result against the one-device run that computes them per step.
+    multi = _make_run(tmp_path / "multi", tiny_model_dir, precompute=True)
     single = _make_run(tmp_path / "single", tiny_model_dir)
     proc = run_checked([sys.executable, "-m", "cai_lib.cli", "train", "--run", str(multi),
                         "--accelerate-config", str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
                         "--num-processes", "2", "--main-process-port", str(free_port())])
     assert "accelerate.commands.launch" in proc.stderr
+    assert "precompute_ref_log_probs is off with several processes" in proc.stdout
     rec = read_json(multi / "results" / "train_launch.json")
     assert rec["world_size"] == 2 and rec["global_batch"] == 4 and rec["gradient_accumulation_steps"] == 1
     assert rec["finished"] and rec["steps"] == 4
