@@ -218,6 +218,7 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
 
 
 def _load_transformers(folder: Path, torch_dtype, qcfg, trust_remote_code: bool):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = {"trust_remote_code": trust_remote_code, "local_files_only": True}
@@ -225,7 +226,7 @@ def _load_transformers(folder: Path, torch_dtype, qcfg, trust_remote_code: bool)
         tok = AutoTokenizer.from_pretrained(str(folder), **kw)
         mkw = dict(kw, dtype=torch_dtype)
         if qcfg is not None:
-            mkw.update(quantization_config=qcfg, device_map={"": 0})
+            mkw.update(quantization_config=qcfg, device_map={"": torch.cuda.current_device()})  # this process's GPU under DDP
         model = AutoModelForCausalLM.from_pretrained(str(folder), **mkw)
     except (OSError, ValueError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
