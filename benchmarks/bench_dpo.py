@@ -45,25 +45,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# Values from each model's public config.json (written out: the GPU machine has no network).
-SHAPES = {
-    "gemma-3-270m": dict(model_type="gemma3_text", vocab_size=262144, hidden_size=640, intermediate_size=2048,
-                         num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
-                         max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                         sliding_window=512, query_pre_attn_scalar=256, tie_word_embeddings=True),
-    "qwen2.5-1.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
-                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                         max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                         tie_word_embeddings=True),
-    "qwen2.5-7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                       num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                       max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                       tie_word_embeddings=False),
-    # not a real model: a seconds-long smoke run of this script's machinery
-    "tiny-gemma3": dict(model_type="gemma3_text", vocab_size=4096, hidden_size=64, intermediate_size=128,
-                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                        max_position_embeddings=2048, sliding_window=512, tie_word_embeddings=True),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_shapes import SHAPES as _PUBLIC_SHAPES  # noqa: E402  (one table of real shapes for every benchmark)
+
+
+def _as_config_kwargs(shape: dict) -> dict:
+    kw = dict(shape)
+    kw["model_type"] = kw.pop("arch")
+    return kw
+
+
+SHAPES = {name: _as_config_kwargs(_PUBLIC_SHAPES[key]) for name, key in
+          (("gemma-3-270m", "gemma270m"), ("qwen2.5-1.5b", "qwen1.5b"), ("qwen2.5-7b", "qwen7b"))}
+# not a real model: a seconds-long smoke run of this script's machinery
+SHAPES["tiny-gemma3"] = dict(model_type="gemma3_text", vocab_size=4096, hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                             max_position_embeddings=2048, sliding_window=512, tie_word_embeddings=True)
 BACKEND_SETUP = {  # bench name -> (load_base backend, quantization)
     "transformers": ("transformers", "none"),
     "trl-bnb4": ("transformers", "4bit"),
