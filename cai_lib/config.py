@@ -62,7 +62,11 @@ class RunConfig:
     beta: float = 0.1
     loss_type: list = field(default_factory=lambda: ["sigmoid", "sft"])  # (differs: TRL "sigmoid")
     loss_weights: list = field(default_factory=lambda: [1.0, 1.0])
-    chosen_leading_space: bool = False  # False: completion = "\n" + answer (next line); True: " " + answer. Prompt = raw instruction either way (cai_lib/train.py)
+    # False: completion = "\n" + answer (next line); True: " " + answer. Prompt = raw instruction
+    # either way (cai_lib/train.py). 2x2 ablation on the embedded model (benchmarks/results/
+    # ablation_loss_cpu.json): the SFT term decides whether the model stops (EOS 0-10% -> 100%);
+    # the separator did not separate (strict 17/60 newline vs 22/60 space, Fisher p = 0.44).
+    chosen_leading_space: bool = False
     learning_rate: float = 1e-4  # (differs: TRL 1e-6 — LoRA needs a larger step)
     num_epochs: float = 3.0
     max_steps: int = -1  # > 0 overrides num_epochs
