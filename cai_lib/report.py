@@ -195,7 +195,7 @@ def build_report(run_dir, cfg) -> dict:
     write_json(paths.stats, {"gate_field": cfg.gate_field, **stats})
     overlap = read_json(paths.overlap_report)
     leak_count = overlap.get("n_flagged", len(overlap.get("flagged", overlap.get("leaks", []))))
-    guard_held = _guard_held(run_dir, base + trained)
+    guard_held = _guard_held(run_dir)
     gate = gate_verdict(stats[cfg.gate_field], target=cfg.gate_target, alpha=cfg.gate_alpha,
                         leakage_clean=leak_count == 0, guard_held=guard_held, field=cfg.gate_field)
     write_json(paths.gate, gate)
@@ -227,14 +227,13 @@ def build_report(run_dir, cfg) -> dict:
             "spot_check": spot, "seed": cfg.seed}
 
 
-def _guard_held(run_dir, records) -> bool:
-    """The guard held if stage 00 recorded it and no response record was flagged."""
+def _guard_held(run_dir) -> bool:
+    """False when the guard report recorded by stage 00 shows a chat template still on the
+    tokenizer. Every prompt is checked for chat markers before generation (guard.check_prompts
+    raises), so a finished stage 03 already means no marked prompt reached either model."""
     from . import manifest
-    st = manifest.load(run_dir).get("stages", {})
-    g = st.get("00", {}).get("guard") or st.get("03", {}).get("guard")
-    if isinstance(g, dict) and g.get("ok") is False:
-        return False
-    return True
+    g = manifest.load(run_dir).get("stages", {}).get("00", {}).get("guard")
+    return not (isinstance(g, dict) and g.get("chat_template_now"))
 
 
 def vs_baseline_frame(paths, trained: list[dict], field: str):
