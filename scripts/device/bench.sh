@@ -66,7 +66,8 @@ PY
       rm -f "$OUT"/compile_*_*.json
       ;;
     gputest)
-      python3 -m pytest -q -x tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -30 | tee "$OUT/test_gpu.log"
+      # every CUDA-marked test: tests/test_gpu.py and the three training backends of tests/test_train.py
+      timeout ${GPUTEST_TIMEOUT:-300} python3 -m pytest -q -rs tests/test_gpu.py "tests/test_train.py::test_gpu_backends_train_and_record" -p no:cacheprovider 2>&1 | tail -40 | tee "$OUT/test_gpu.log"
       ;;
   esac
 done

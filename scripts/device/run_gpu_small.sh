@@ -21,7 +21,8 @@ fi
 # Must return the folder without converting (a conversion here would use the broken 5.17 tokenizer path).
 python3 -c "from cai_lib.embedded import embedded_model_dir; print('embedded model:', embedded_model_dir())" || exit 2
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -m cai_lib.cli run --profile gpu-small --run-id "$RUN_ID" ${STAGES:+--stages $STAGES} 2>&1 | tee "$OUT/cai_run.log"
+# stop inside the 10-minute call limit so the reports/log still get copied; the next call resumes
+timeout ${CAI_TIMEOUT:-540} python3 -m cai_lib.cli run --profile gpu-small --run-id "$RUN_ID" ${STAGES:+--stages $STAGES} 2>&1 | tee "$OUT/cai_run.log"
 rc=${PIPESTATUS[0]}
 cp "$CAI_BASE_DIR"/reports/"$RUN_ID"/*.html "$OUT"/ 2>/dev/null
 cp "$CAI_BASE_DIR"/runs/"$RUN_ID"/manifest.json "$OUT"/ 2>/dev/null
