@@ -135,7 +135,8 @@ def main(argv=None) -> int:
         if a.n_eval:
             items = items[: a.n_eval]
         loaded = load_base(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization, backend=cfg.backend,
-                           trust_remote_code=cfg.trust_remote_code, allow_instruct=cfg.allow_instruct_model)
+                           trust_remote_code=cfg.trust_remote_code, allow_instruct=cfg.allow_instruct_model,
+                           purpose="train")
         result = run_ablation(loaded, a.run, cfg, items, progress=not a.quiet)
     except CaiError as exc:
         print(f"error: {exc}", file=sys.stderr)

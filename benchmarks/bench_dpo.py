@@ -143,7 +143,7 @@ def run_case(a) -> dict:
     lb_backend, quant = BACKEND_SETUP[a.case]
     spec = a.model or str(build_shape_dir(a.shape, Path(a.models_dir)))
     t0 = time.perf_counter()
-    loaded = load_base(spec, backend=lb_backend, quantization=quant)
+    loaded = load_base(spec, backend=lb_backend, quantization=quant, purpose="train")
     load_s = time.perf_counter() - t0
     n_steps = a.warmup + a.steps
     n_pairs = a.batch * a.grad_accum * n_steps

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,10 @@ def run_pipeline(profile: str = "cpu-quick", run_id: str = "", stages: str = "",
         manifest.update(run_dir, stages={stage.key: {**prev, "status": "running", "started": time.time()}})
         try:
             pm.execute_notebook(str(nb_path), str(executed), parameters=params, kernel_name="python3",
-                                cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False)
+                                cwd=str(NOTEBOOK_DIR), progress_bar=False,
+                                # CAI_NOTEBOOK_LOG=1 streams cell output (progress bars) to this console:
+                                # the only view into a long stage on a remote machine
+                                log_output=os.environ.get("CAI_NOTEBOOK_LOG") == "1")
         except Exception as exc:  # papermill wraps the kernel's exception
             manifest.update(run_dir, stages={stage.key: {**manifest.load(run_dir)["stages"].get(stage.key, {}),
                                                          "status": "failed", "seconds": round(time.time() - t0, 1)}})

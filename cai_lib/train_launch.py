@@ -256,7 +256,8 @@ def run(argv=None) -> dict:
               f"accumulation {cfg.gradient_accumulation_steps} × {info.world} = global batch "
               f"{cfg.per_device_batch_size * cfg.gradient_accumulation_steps * info.world}", flush=True)
     loaded = load_base(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization, backend=cfg.backend,
-                       trust_remote_code=cfg.trust_remote_code, allow_instruct=cfg.allow_instruct_model)
+                       trust_remote_code=cfg.trust_remote_code, allow_instruct=cfg.allow_instruct_model,
+                       purpose="train")
     store: dict = {}
     t0 = time.perf_counter()
     summary = train_dpo(loaded, pairs, run_dir, cfg, resume=not args.fresh,

@@ -113,6 +113,18 @@ def test_bad_options_fail_fast(kw, match, tiny_model_dir):
 def test_pick_backend_on_cpu():
     assert models.pick_backend("auto") == "transformers"
     assert models.pick_backend("transformers") == "transformers"
+    assert models.pick_backend("auto", "train") == "transformers"
+
+
+def test_auto_backend_uses_unsloth_for_training_only(monkeypatch):
+    """On a CUDA machine with Unsloth, auto trains with Unsloth but generates with transformers."""
+    monkeypatch.setattr(models, "_cuda", lambda: True)
+    monkeypatch.setattr(models, "_importable", lambda name: True)
+    assert models.pick_backend("auto", "train") == "unsloth"
+    assert models.pick_backend("auto", "generate") == "transformers"
+    assert models.pick_backend("unsloth", "generate") == "unsloth"  # explicit choice honoured
+    with pytest.raises(CaiError, match="unknown load purpose"):
+        models.pick_backend("auto", "serve")
 
 
 def test_instruct_named_model_refused_unless_allowed(tiny_model_dir, tmp_path):
@@ -153,10 +165,17 @@ def test_unsloth_backend_uses_fast_language_model(tiny_model_dir, monkeypatch):
             t = tiny_tokenizer()
             return tiny_model(t), types.SimpleNamespace(tokenizer=t)  # processor-like wrapper
 
+        @staticmethod
+        def for_inference(model):
+            calls["for_inference"] = calls.get("for_inference", 0) + 1
+
     monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FakeFLM))
     monkeypatch.setattr(models, "_cuda", lambda: True)
-    loaded = models.load_base(str(tiny_model_dir), dtype="float32")
+    loaded = models.load_base(str(tiny_model_dir), dtype="float32", purpose="train")
     assert loaded.backend == "unsloth"
     assert calls["model_name"] == str(tiny_model_dir) and calls["load_in_4bit"] is False
     assert calls["dtype"] == torch.float32 and calls["trust_remote_code"] is False
     assert loaded.tokenizer.chat_template is None
+    assert "for_inference" not in calls  # a training load stays in training mode
+    assert models.load_base(str(tiny_model_dir), dtype="float32", backend="unsloth").backend == "unsloth"
+    assert calls["for_inference"] == 1  # an explicit Unsloth generation load switches to its decoding path
