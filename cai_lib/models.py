@@ -57,10 +57,12 @@ PURPOSES = ("generate", "train")
 def pick_backend(requested: str = "auto", purpose: str = "generate") -> str:
     """The loader for this machine and use.
 
-    auto -> transformers for generation: an Unsloth-loaded model decodes ~110 ms/step on an H100
-    at 270M (seen on the device, stage 00 of gpu-small), several times plain transformers, and
-    Unsloth's speed-up is a training one. For training, auto -> unsloth when CUDA and unsloth
-    are both present, else transformers. An explicit "unsloth" is honoured for both.
+    auto -> transformers for generation. Seen on an H100 (gpu-small, embedded 270M, 4-bit): with
+    the Unsloth-loaded model stage 00 did not finish within two 10-minute calls (the second made
+    no progress at all; cause not established), while transformers + bitsandbytes finished the
+    same stage in 192 s. Unsloth's speed-up is a training one, and evaluation must not depend on
+    a patched decoding path. For training, auto -> unsloth when CUDA and unsloth are both present,
+    else transformers. An explicit "unsloth" is honoured for both.
     """
     if purpose not in PURPOSES:
         raise CaiError(f"unknown load purpose {purpose!r}; use one of {', '.join(PURPOSES)}")
