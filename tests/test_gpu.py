@@ -100,6 +100,21 @@ def test_committed_results_name_the_card_and_versions():
         assert r["tokens_per_step"] == 2 * r["seq_len"] * r["batch_pairs"]  # no silently short sequences
 
 
+def test_committed_gpu_small_run_is_complete_and_matches_its_report():
+    """The H100 end-to-end run in reports/gpu-small-h100: all five stages done, Unsloth trained,
+    and the table in reports/benchmarks.md quotes the manifest's own figures."""
+    d = ROOT / "reports" / "gpu-small-h100"
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["hardware"]["gpus"][0]["name"].startswith("NVIDIA H100")
+    assert [m["stages"][k]["status"] for k in ("00", "01", "02", "03", "04")] == ["done"] * 5
+    assert m["stages"]["02"]["backend"] == "unsloth" and m["stages"]["02"]["finished"]
+    assert m["stages"]["01"]["pairs_kept"] == 130 and m["stages"]["02"]["steps"] == 51
+    assert m["approval"] == {"adapter_approved": False, "verdict": "FAIL"}
+    assert all((d / f"{nb}.html").exists() for nb in ("00_baseline", "01_generate", "02_train", "03_evaluate", "04_report"))
+    text = (ROOT / "reports" / "benchmarks.md").read_text()
+    assert "**130 pairs kept**" in text and "51 steps" in text and "c = 114" in text
+
+
 # --------------------------------------------------------------------------- CUDA
 
 @cuda
