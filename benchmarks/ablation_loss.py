@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     from cai_lib.errors import CaiError
     from cai_lib.items import load_items
     from cai_lib.jsonl import write_json
-    from cai_lib.models import load_base
+    from cai_lib.models import load_configured
     from cai_lib.runs import run_paths
 
     ap = argparse.ArgumentParser(description="2x2 ablation: loss_type x chosen leading whitespace")
@@ -134,9 +134,7 @@ def main(argv=None) -> int:
         items = load_items(paths.eval_instructions)
         if a.n_eval:
             items = items[: a.n_eval]
-        loaded = load_base(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization, backend=cfg.backend,
-                           trust_remote_code=cfg.trust_remote_code, allow_instruct=cfg.allow_instruct_model,
-                           purpose="train")
+        loaded = load_configured(cfg, purpose="train")
         result = run_ablation(loaded, a.run, cfg, items, progress=not a.quiet)
     except CaiError as exc:
         print(f"error: {exc}", file=sys.stderr)

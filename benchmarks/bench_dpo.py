@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_shapes import SHAPES as _PUBLIC_SHAPES  # noqa: E402  (one table of real shapes for every benchmark)
+from gpu_shapes import SHAPES as _PUBLIC_SHAPES, load_tokenizer  # noqa: E402  (one table of real shapes for every benchmark)
 
 
 def _as_config_kwargs(shape: dict) -> dict:
@@ -144,6 +144,16 @@ def run_case(a) -> dict:
     spec = a.model or str(build_shape_dir(a.shape, Path(a.models_dir)))
     t0 = time.perf_counter()
     loaded = load_base(spec, backend=lb_backend, quantization=quant, purpose="train")
+    if a.model is None:
+        # load_base's AutoTokenizer gives a Qwen folder Qwen2Tokenizer, which encodes the word
+        # tokens to nothing (gpu_shapes.load_tokenizer); prepare the by-class one as load_base would.
+        from cai_lib import guard
+
+        tok = load_tokenizer(spec)
+        guard.strip_chat_template(tok)
+        tok.padding_side = "left"
+        guard.bos_policy(tok, loaded.model)
+        loaded.tokenizer = tok
     load_s = time.perf_counter() - t0
     n_steps = a.warmup + a.steps
     n_pairs = a.batch * a.grad_accum * n_steps
@@ -175,6 +185,9 @@ def run_case(a) -> dict:
 
     summary = train.train_dpo(loaded, work / "data" / "preference_pairs.jsonl", work, cfg, resume=False,
                               progress=False, callbacks=[StepTimer()])
+    per_pair = summary["pairs"]["tokens_per_epoch"] / max(1, summary["pairs"]["used"])
+    if per_pair < a.seq_len:  # chosen + rejected ≈ 2 × seq_len: far less means the tokenizer dropped words
+        raise SystemExit(f"bench_dpo: {per_pair:.0f} tokens per pair for --seq-len {a.seq_len} — the tokenizer drops the pair text")
     timed = times[a.warmup:]
     step_s = statistics.mean(timed)
     tokens = marks[n_steps] - marks.get(a.warmup, 0)

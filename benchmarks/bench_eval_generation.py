@@ -31,14 +31,10 @@ def random_prompts(n: int, seed: int = 0) -> list[str]:
 
 
 def real_prompts(n: int) -> list[str]:
-    """Raw instructions from the package's own item pools (eval pool if present, else starter items)."""
-    try:
-        from cai_lib import tasks
-        items = tasks.eval_pool()
-    except Exception:  # noqa: BLE001 - fall back to the starter items
-        from cai_lib import items as items_mod
-        items = items_mod.load_items(items_mod.starter_items_path())
-    return [it["instruction"] + "\n" for it in items[:n]]
+    """Raw held-out instructions, exactly as evaluation sends them: the type-balanced, seeded
+    sample stage 01 draws (the pool itself is sorted by type)."""
+    from cai_lib import tasks
+    return [it["instruction"] for it in tasks.sample_items(tasks.eval_pool(), n, 0)]
 
 
 def measure(model, tok, prompts, batch_sizes, max_new_tokens) -> dict:

@@ -12,7 +12,7 @@ Defaults that differ from the upstream libraries' are marked "(differs: …)".
 from __future__ import annotations
 
 import dataclasses
-import json
+
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import CaiError
+from .jsonl import read_json
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "params"
 
@@ -163,7 +164,7 @@ def resolve(run_dir: Path | None, params: Mapping[str, Any]) -> RunConfig:
     """
     values: dict = {}
     if run_dir is not None and (Path(run_dir) / "config.json").exists():
-        values.update(json.loads((Path(run_dir) / "config.json").read_text()))
+        values.update(read_json(Path(run_dir) / "config.json"))  # a corrupt file: one-line CaiError
     known = RunConfig.field_names()
     values.update({k: v for k, v in params.items() if k in known})
     values = {k: v for k, v in values.items() if k in known}

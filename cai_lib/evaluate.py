@@ -22,12 +22,11 @@ from .jsonl import write_json, write_jsonl
 def load_models(cfg, paths):
     """The base model with the run's adapter attached (adapter toggled per pass)."""
     from .adapters import load_adapter
-    from .models import load_base
+    from .models import load_configured
     adapter_dir = Path(paths.adapter)
     if not (adapter_dir / "adapter_config.json").exists():
         raise CaiError(f"{adapter_dir}: no trained adapter — run stage 02 (cai run --stages 02) first")
-    loaded = load_base(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization, backend=cfg.backend,
-                       trust_remote_code=cfg.trust_remote_code, allow_instruct=cfg.allow_instruct_model)
+    loaded = load_configured(cfg)
     model = load_adapter(loaded.model, adapter_dir)
     return loaded, model
 

@@ -24,9 +24,10 @@ STEPS = ("response", "critique", "revision")
 TYPES = ("qa", "completion", "generation", "response")
 
 
-def _ex(topic, instruction, good, flawed, critique, revision=None):
+def _ex(topic, instruction, good, flawed, critique):
+    # the revision of a flawed answer is the good answer itself
     return {"topic": topic, "instruction": instruction, "good": good, "flawed": flawed,
-            "critique": critique, "revision": revision or good}
+            "critique": critique, "revision": good}
 
 
 _BANK = {

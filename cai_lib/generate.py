@@ -19,6 +19,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from . import guard
 from .errors import CaiError
+from .prompts import cut_at_stop
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
@@ -99,9 +100,9 @@ def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: 
         text_ids = [t for t in row[:end] if t not in eos_set]
         text = tokenizer.decode(text_ids, skip_special_tokens=True)
         if stop:
-            cut = min((text.find(s) for s in stop if s in text), default=-1)
-            if cut >= 0:
-                text, reason = text[:cut], "stop"
+            text, hit = cut_at_stop(text, stop)
+            if hit:
+                reason = "stop"
         recs.append({"response": text, "finish_reason": reason, "prompt_tokens": len(ids), "new_tokens": end})
     return recs
 

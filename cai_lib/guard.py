@@ -157,11 +157,20 @@ def refuse_messages(prompt: Any, where: str = "prompt"):
 
 
 def special_ids(tokenizer) -> set[int]:
-    """Every id the tokenizer treats as special (incl. additional/added special tokens)."""
+    """Every id the tokenizer treats as special (incl. additional/added special tokens).
+
+    Cached on the tokenizer (keyed by its size, so added tokens refresh it): walking Gemma's
+    6,384 added tokens takes ~15 ms, and every prompt encode checks against this set.
+    """
+    st = _state(tokenizer)
+    cached = st.get("special_ids")
+    if cached is not None and cached[0] == len(tokenizer):
+        return cached[1]
     ids = set(getattr(tokenizer, "all_special_ids", None) or [])
     for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
         if getattr(t, "special", False):
             ids.add(int(i))
+    st["special_ids"] = (len(tokenizer), ids)
     return ids
 
 

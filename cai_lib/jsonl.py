@@ -20,8 +20,12 @@ from typing import Iterable, Sequence
 from .errors import CaiError
 
 
-def read_jsonl(path, required: Sequence[str] = (), tolerate_torn_tail: bool = False) -> list[dict]:
-    """Read a JSONL file; every line must be a JSON object holding `required` keys."""
+def read_jsonl(path, required: Sequence[str] = (), tolerate_torn_tail: bool = False,
+               line_numbers: list[int] | None = None) -> list[dict]:
+    """Read a JSONL file; every line must be a JSON object holding `required` keys.
+
+    line_numbers: a list that receives each returned row's 1-based line number (for error
+    messages that point into the file)."""
     path = Path(path)
     if not path.exists():
         raise CaiError(f"{path}: file not found — check the path (or run the stage that writes it)")
@@ -51,6 +55,8 @@ def read_jsonl(path, required: Sequence[str] = (), tolerate_torn_tail: bool = Fa
         if missing:
             raise CaiError(f"{path}:{i + 1}: missing field {missing[0]!r} — every record needs {list(required)}")
         rows.append(obj)
+        if line_numbers is not None:
+            line_numbers.append(i + 1)
     return rows
 
 
@@ -97,9 +103,13 @@ def repair_torn_tail(path) -> int:
     path = Path(path)
     if not path.exists():
         return 0
+    with open(path, "rb") as fh:  # the common case (clean tail) reads one byte, not the file
+        if fh.seek(0, os.SEEK_END) == 0:
+            return 0
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return 0
     data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return 0
     keep = data.rfind(b"\n") + 1
     with open(path, "r+b") as fh:
         fh.truncate(keep)

@@ -200,11 +200,7 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
         )
 
     if chosen == "unsloth":
-        model, tok = _load_unsloth(folder, torch_dtype, quantization, trust_remote_code)
-        if purpose == "generate":
-            from unsloth import FastLanguageModel  # type: ignore
-
-            FastLanguageModel.for_inference(model)  # Unsloth's decoding path; training mode is slow to sample
+        model, tok = _load_unsloth(folder, torch_dtype, quantization, trust_remote_code, purpose)
     else:
         model, tok = _load_transformers(folder, torch_dtype, qcfg, trust_remote_code)
 
@@ -240,6 +236,13 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
     return Loaded(model=model, tokenizer=tok, backend=chosen, spec=str(spec), resolved_path=Path(folder), info=info)
 
 
+def load_configured(cfg, purpose: str = "generate") -> Loaded:
+    """load_base with a run's RunConfig: the one call every stage and launcher makes."""
+    return load_base(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization, backend=cfg.backend,
+                     trust_remote_code=cfg.trust_remote_code, allow_instruct=cfg.allow_instruct_model,
+                     purpose=purpose)
+
+
 def _load_transformers(folder: Path, torch_dtype, qcfg, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -260,7 +263,7 @@ def _load_transformers(folder: Path, torch_dtype, qcfg, trust_remote_code: bool)
     return model, tok
 
 
-def _load_unsloth(folder: Path, torch_dtype, quantization: str, trust_remote_code: bool):
+def _load_unsloth(folder: Path, torch_dtype, quantization: str, trust_remote_code: bool, purpose: str):
     # Imported here: unsloth patches transformers on import and needs CUDA.
     from unsloth import FastLanguageModel  # type: ignore
 
@@ -273,4 +276,6 @@ def _load_unsloth(folder: Path, torch_dtype, quantization: str, trust_remote_cod
     )
     # For multimodal-capable families unsloth may return a processor; the guard needs the text tokenizer.
     tok = getattr(tok, "tokenizer", tok)
+    if purpose == "generate":
+        FastLanguageModel.for_inference(model)  # Unsloth's own switch from its training setup to decoding
     return model, tok

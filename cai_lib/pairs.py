@@ -56,6 +56,7 @@ from typing import Callable, Sequence
 from . import prompts
 from .errors import CaiError
 from .jsonl import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
+from .scoring import score_record, word_count
 
 STRATEGIES = ("format_distillation", "critique_revision")
 # Steps are named by what they generate, not by strategy, so both strategies share the
@@ -75,9 +76,7 @@ def _ws(text: str) -> str:
     return " ".join(text.split())
 
 
-def count_words(text: str) -> int:
-    """Design's word: a whitespace-separated token containing a letter or digit."""
-    return sum(1 for t in text.split() if any(ch.isalnum() for ch in t))
+count_words = word_count  # the design's word, as the scorer counts it
 
 
 def word_edit_distance(a: str, b: str) -> int:
@@ -119,7 +118,6 @@ def length_only_kind(chosen: str, rejected: str) -> str | None:
 
 
 def _score(item: dict, text: str, finish_reason: str) -> dict:
-    from .scoring import score_record  # lazy: scoring is another module
     rec = {k: item[k] for k in ("id", "type", "instruction", "checks")}
     rec.update(response=text, finish_reason=finish_reason)
     s = score_record(rec)

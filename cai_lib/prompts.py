@@ -33,7 +33,6 @@ from .errors import CaiError
 
 # The four baseline formats of issue 2 item 9 (00_baseline runs each).
 BASELINE_FORMATS = ("raw", "instruction_response", "qa", "few_shot")
-FORMATS = BASELINE_FORMATS
 
 # Stage-1 principles the critique and revision frames judge answers by.
 PRINCIPLES = (

@@ -180,6 +180,7 @@ def build_report(run_dir, cfg) -> dict:
     """Everything stage 04 shows; writes results/stats.json, gate.json, spot_check.csv."""
     from . import manifest
     from .gate import gate_verdict
+    from .leakage import report_is_clean
     from .runs import run_paths
     from .spot_check import spot_check_agreement, write_spot_check
     from .stats import stats_records
@@ -194,10 +195,9 @@ def build_report(run_dir, cfg) -> dict:
              for f in FIELDS}
     write_json(paths.stats, {"gate_field": cfg.gate_field, **stats})
     overlap = read_json(paths.overlap_report)
-    leak_count = overlap.get("n_flagged", len(overlap.get("flagged", overlap.get("leaks", []))))
     guard_held = _guard_held(run_dir)
     gate = gate_verdict(stats[cfg.gate_field], target=cfg.gate_target, alpha=cfg.gate_alpha,
-                        leakage_clean=leak_count == 0, guard_held=guard_held, field=cfg.gate_field)
+                        leakage_clean=report_is_clean(overlap), guard_held=guard_held, field=cfg.gate_field)
     write_json(paths.gate, gate)
     manifest.update(run_dir, approval={"adapter_approved": gate["verdict"] == "PASS", "verdict": gate["verdict"]})
 

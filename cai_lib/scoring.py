@@ -454,22 +454,14 @@ def summarize(scored: Sequence[dict], by: Sequence[str] | str = ("type",)) -> di
     return out
 
 
-def record_line_numbers(path) -> list[int]:
-    """1-based line numbers of the non-blank lines, aligned with read_jsonl's rows."""
-    text = Path(path).read_text(encoding="utf-8")
-    return [i + 1 for i, line in enumerate(text.split("\n")) if line.strip()]
-
-
 def read_records(path, what: str = "records") -> tuple[list[dict], list[int]]:
     """read_jsonl plus line numbers; a folder, unreadable or empty file is a one-line CaiError."""
     path = Path(path)
     if path.is_dir():
         raise CaiError(f"{path}: is a folder — pass the JSONL file of {what}")
+    lines: list[int] = []
     try:
-        rows = read_jsonl(path)
-        lines = record_line_numbers(path)
-    except UnicodeDecodeError:
-        raise CaiError(f"{path}: not UTF-8 text — pass a JSONL file of {what}") from None
+        rows = read_jsonl(path, line_numbers=lines)
     except OSError as exc:
         raise CaiError(f"{path}: cannot read ({exc.strerror}) — check the path and permissions") from None
     if not rows:

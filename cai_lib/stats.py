@@ -41,7 +41,6 @@ from scipy import stats as _sps
 
 from .errors import CaiError
 
-Z95 = float(_sps.norm.ppf(0.975))
 # Items per bootstrap chunk row block: bounds memory at n_items x this many int64s.
 _BOOT_CHUNK = 250
 

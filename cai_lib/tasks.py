@@ -23,7 +23,8 @@ from pathlib import Path
 
 from . import facts as F
 from .errors import CaiError
-from .jsonl import read_jsonl, write_json, write_jsonl
+from .items import load_items
+from .jsonl import write_json, write_jsonl
 
 TYPES = ("qa", "completion", "generation", "response")
 EVAL_PERCENT = 25  # share of topic groups held out for evaluation
@@ -433,25 +434,6 @@ def sample_items(pool: list[dict], n: int, seed: int) -> list[dict]:
     return sorted(chosen, key=lambda x: (types.index(x["type"]), x["id"]))
 
 
-def _load_items(path) -> list[dict]:
-    """Validated items: cai_lib.items.load_items when present (schema + duplicate ids)."""
-    try:
-        from .items import load_items
-    except ImportError:
-        load_items = None
-    if load_items is not None:
-        return load_items(path)
-    rows = read_jsonl(path, required=("id", "type", "instruction", "checks"))
-    ids = set()
-    for i, r in enumerate(rows, 1):
-        if r["type"] not in TYPES:
-            raise CaiError(f"{path}:{i}: type {r['type']!r} is not one of {list(TYPES)}")
-        if r["id"] in ids:
-            raise CaiError(f"{path}:{i}: duplicate id {r['id']!r} — ids must be unique")
-        ids.add(r["id"])
-    return rows
-
-
 def write_split(run_paths, cfg):
     """Write the run's train/eval instruction files and the overlap report.
 
@@ -465,7 +447,7 @@ def write_split(run_paths, cfg):
     rp = run_paths
     train = sample_items(train_pool(), cfg.n_train_items, cfg.seed)
     keep_eval = Path(rp.eval_instructions).exists()
-    evals = _load_items(rp.eval_instructions) if keep_eval else sample_items(eval_pool(), cfg.n_eval_items, cfg.seed)
+    evals = load_items(rp.eval_instructions) if keep_eval else sample_items(eval_pool(), cfg.n_eval_items, cfg.seed)
     fewshot = list(all_fewshot_instructions())
     leaks = find_leaks(train, evals, fewshot)
     if leaks:

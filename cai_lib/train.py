@@ -75,9 +75,6 @@ TRAJECTORY_FIELDS = (
     "precompute_ref_log_probs", "gradient_checkpointing", "seed", "quantization",
 )
 TRAIN_FIELDS = TRAJECTORY_FIELDS + ("save_steps", "save_total_limit", "model", "backend", "dtype")
-# Under `accelerate launch` every process runs train_dpo; only the main process writes the
-# run's files (identity, log, checkpoint markers, adapter). cai_lib.train_launch reads this.
-MAIN_PROCESS_WRITES = True
 
 
 def _dist():

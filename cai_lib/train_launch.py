@@ -43,7 +43,6 @@ BATCH_MODES = ("keep-global", "per-device")
 
 def adapt_batch(cfg, world: int, mode: str = "keep-global"):
     """A copy of `cfg` whose per-process batch settings give the intended global batch."""
-    import dataclasses
 
     if mode not in BATCH_MODES:
         raise CaiError(f"--batch-mode {mode!r} is not one of {list(BATCH_MODES)}")
@@ -63,7 +62,6 @@ def adapt_batch(cfg, world: int, mode: str = "keep-global"):
 def distributed_backend(cfg, world: int):
     """Unsloth's open-source build trains on one GPU only; several processes use the
     transformers(+bitsandbytes) backend. auto → transformers; unsloth asked → refusal."""
-    import dataclasses
 
     if world <= 1:
         return cfg
@@ -161,27 +159,6 @@ def _zero3_init_before_load(paths) -> None:
     _KEEP_ALIVE.append(TrainingArguments(output_dir=str(paths.checkpoints), report_to="none"))
 
 
-def _main_process_writes_only(info) -> None:
-    """TODO(train.py owner, issue 7): remove this shim once `train_dpo` guards its own writes
-    (set `train.MAIN_PROCESS_WRITES = True` there; the patch is in the issue 7 report).
-
-    `train_dpo` writes checkpoints/cai_train_identity.json, results/training_log.json, the
-    checkpoint markers and adapter/ from every process. On a shared disk two processes then
-    swap the same folders (seen here: FileNotFoundError in `_save_adapter` on rank 1, about
-    one run in three). Until train.py does it itself, processes other than the main one get
-    no-op writers; the main process writes exactly what the single-device path writes.
-    Under DDP every process holds the same adapter (checked by hash), so nothing is lost;
-    under FSDP / ZeRO-3 the adapter must be gathered collectively, which needs the patch."""
-    from . import train
-
-    if info.world <= 1 or getattr(train, "MAIN_PROCESS_WRITES", False):
-        return
-    if info.is_main:
-        return
-    train._save_adapter = lambda *a, **k: None
-    train.write_json = lambda path, obj: Path(path)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cai_lib.train_launch",
                                 description="Run stage 02 (DPO) for a run directory; launch with `accelerate launch` for several processes.")
@@ -240,24 +217,16 @@ def run(argv=None) -> dict:
         cfg = dataclasses.replace(cfg, precompute_ref_log_probs=False)
     pairs = Path(args.pairs) if args.pairs else paths.preference_pairs
 
-    from . import train as train_mod
-    from .models import load_base
+    from .models import load_configured
     from .train import train_dpo
 
     _zero3_init_before_load(paths)
-    _main_process_writes_only(info)
-    if args.fresh and info.world > 1 and not getattr(train_mod, "MAIN_PROCESS_WRITES", False):
-        # train_dpo(resume=False) deletes checkpoints/ from every process at once.
-        raise CaiError(f"--fresh with several processes is not safe yet — delete {paths.checkpoints} yourself "
-                       "(after checking it is this run's) and launch again without --fresh")
 
     if info.is_main:
         print(f"[train_launch] {info.world} process(es); per-device batch {cfg.per_device_batch_size} × "
               f"accumulation {cfg.gradient_accumulation_steps} × {info.world} = global batch "
               f"{cfg.per_device_batch_size * cfg.gradient_accumulation_steps * info.world}", flush=True)
-    loaded = load_base(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization, backend=cfg.backend,
-                       trust_remote_code=cfg.trust_remote_code, allow_instruct=cfg.allow_instruct_model,
-                       purpose="train")
+    loaded = load_configured(cfg, purpose="train")
     store: dict = {}
     t0 = time.perf_counter()
     summary = train_dpo(loaded, pairs, run_dir, cfg, resume=not args.fresh,

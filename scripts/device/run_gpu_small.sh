@@ -6,13 +6,13 @@
 set -o pipefail
 source scripts/device/env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export CAI_BASE_DIR=${CAI_BASE_DIR:-/tmp/cai} CAI_MODEL_CACHE=${CAI_MODEL_CACHE:-/tmp/cai/models}
+export CAI_BASE_DIR=${CAI_BASE_DIR:-/tmp/cai}
 # gpu-small trains a few hundred short steps: Unsloth's compilation (~80 s extra once) does not
 # pay off below ~450 steps of this shape (reports/benchmarks.md).
 export UNSLOTH_COMPILE_DISABLE=${UNSLOTH_COMPILE_DISABLE:-1}
 export CAI_NOTEBOOK_LOG=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-20}  # progress lines in the call's output
 RUN_ID=${RUN_ID:-gpu-small-h100}
-FOLDER=$CAI_MODEL_CACHE/gemma-3-270m-pt
+FOLDER=${CAI_MODEL_CACHE:-$CAI_BASE_DIR/models}/gemma-3-270m-pt  # embedded.model_cache_dir()'s rule
 if [ ! -f "$FOLDER/cai_conversion.json" ]; then
   read -r SHA NAME < /tmp/model-small/gguf.sha256
   mkdir -p /tmp/gguf && cat /tmp/model-parts/*.gguf.part* > "/tmp/gguf/$NAME"
