@@ -150,8 +150,7 @@ def run_case(a) -> dict:
     }
 
 
-def one(argv) -> int:
-    a = parse(argv)
+def one(a) -> int:
     try:
         res = run_case(a)
     except Exception as exc:  # noqa: BLE001 - a failing case is recorded with its error text
@@ -224,4 +223,4 @@ def parse(argv):
 
 if __name__ == "__main__":
     args = parse(sys.argv[1:])
-    sys.exit(suite(args) if args.suite else one(sys.argv[1:]))
+    sys.exit(suite(args) if args.suite else one(args))

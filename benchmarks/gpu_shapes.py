@@ -147,11 +147,8 @@ def gpu_info() -> dict:
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), sm_count=p.multi_processor_count)
-    for mod in ("transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets", "unsloth", "unsloth_zoo"):
-        try:
-            from importlib.metadata import version
-            info[mod] = version(mod)
-        except Exception:  # noqa: BLE001 - a missing package is recorded as absent
-            info[mod] = None
+    from cai_lib.manifest import library_versions
+
+    info.update({k: v for k, v in library_versions().items() if k != "torch"})  # torch: the runtime's own string
     info["UNSLOTH_COMPILE_DISABLE"] = os.environ.get("UNSLOTH_COMPILE_DISABLE")
     return info

@@ -21,6 +21,7 @@ import yaml
 
 from .errors import CaiError
 from .jsonl import read_json
+from .models import BACKENDS, QUANTIZATIONS
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "params"
 
@@ -116,8 +117,8 @@ class RunConfig:
     def validate(self, source: str = "config") -> None:
         choices = {
             "dtype": {"auto", "float32", "bfloat16", "float16"},
-            "quantization": {"none", "8bit", "4bit"},
-            "backend": {"auto", "transformers", "unsloth"},
+            "quantization": set(QUANTIZATIONS),
+            "backend": set(BACKENDS),
             "pair_strategy": {"format_distillation", "critique_revision"},
             "gate_field": {"strict", "loose"},
         }

@@ -153,7 +153,7 @@ def run_pipeline(profile: str = "cpu-quick", run_id: str = "", stages: str = "",
         executed = out_dir / f"{stage.notebook}.ipynb"
         print(f"  stage {stage.key} {stage.notebook}: running …", flush=True)
         t0 = time.time()
-        manifest.update(run_dir, stages={stage.key: {**prev, "status": "running", "started": time.time()}})
+        manifest.update_stage(run_dir, stage.key, status="running", started=time.time())
         try:
             pm.execute_notebook(str(nb_path), str(executed), parameters=params, kernel_name="python3",
                                 cwd=str(NOTEBOOK_DIR), progress_bar=False,
@@ -161,8 +161,7 @@ def run_pipeline(profile: str = "cpu-quick", run_id: str = "", stages: str = "",
                                 # the only view into a long stage on a remote machine
                                 log_output=os.environ.get("CAI_NOTEBOOK_LOG") == "1")
         except Exception as exc:  # papermill wraps the kernel's exception
-            manifest.update(run_dir, stages={stage.key: {**manifest.load(run_dir)["stages"].get(stage.key, {}),
-                                                         "status": "failed", "seconds": round(time.time() - t0, 1)}})
+            manifest.update_stage(run_dir, stage.key, status="failed", seconds=round(time.time() - t0, 1))
             if executed.exists():
                 try:
                     _render_html(executed)
@@ -174,9 +173,7 @@ def run_pipeline(profile: str = "cpu-quick", run_id: str = "", stages: str = "",
         if not _outputs_present(stage, paths):
             missing = [n for n in stage.outputs if not getattr(paths, n).exists()]
             raise CaiError(f"stage {stage.key} ({stage.notebook}) finished but did not write {missing} — see {html}")
-        cur = manifest.load(run_dir).get("stages", {}).get(stage.key, {})
-        manifest.update(run_dir, stages={stage.key: {**cur, "status": "done", "fingerprint": fp,
-                                                     "seconds": seconds, "report": str(html)}})
+        manifest.update_stage(run_dir, stage.key, status="done", fingerprint=fp, seconds=seconds, report=str(html))
         print(f"  stage {stage.key} {stage.notebook}: done in {seconds:.0f} s → {html}", flush=True)
 
     manifest.update(run_dir, files=manifest.file_hashes(run_dir))

@@ -251,19 +251,20 @@ def overlap_report(train_path, eval_path, leaks: list[dict], *, n_train: int | N
     }
 
 
-def _fewshot_strings() -> list[str]:
+def find_split_leaks(train: list[dict], evals: list[dict]) -> tuple[list[dict], int]:
+    """(leaks, size of the few-shot bank): eval items checked against train and every few-shot example."""
     from .fewshot import all_fewshot_instructions
-    return list(all_fewshot_instructions())
+    fewshot = all_fewshot_instructions()
+    return find_leaks(train, evals, fewshot), len(fewshot)
 
 
 def check_files(train_path, eval_path) -> tuple[list[dict], dict]:
     """Read both files, find leaks (few-shot bank included) and build the report."""
     train = read_jsonl(train_path, required=("instruction",))
     evals = read_jsonl(eval_path, required=("instruction",))
-    fewshot = _fewshot_strings()
-    leaks = find_leaks(train, evals, fewshot)
+    leaks, n_fewshot = find_split_leaks(train, evals)
     return leaks, overlap_report(train_path, eval_path, leaks, n_train=len(train), n_eval=len(evals),
-                                 n_fewshot=len(fewshot))
+                                 n_fewshot=n_fewshot)
 
 
 def verify_eval_set(run_paths) -> dict:

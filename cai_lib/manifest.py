@@ -114,10 +114,17 @@ def update(run_dir, **sections) -> dict:
     return m
 
 
+def update_stage(run_dir, stage: str, **fields) -> dict:
+    """Merge `fields` into stages[stage] (keeping what the stage recorded before) and write."""
+    m = load(run_dir)
+    stages = m.get("stages") if isinstance(m.get("stages"), dict) else {}
+    return update(run_dir, stages={stage: {**stages.get(stage, {}), **fields}})
+
+
 def record_stage(run_dir, stage: str, **info) -> dict:
     """Called by a stage notebook at its end: its own facts (settings, memory, counts)."""
     info.setdefault("memory", memory_now())
-    return update(run_dir, stages={stage: {**load(run_dir).get("stages", {}).get(stage, {}), **info}})
+    return update_stage(run_dir, stage, **info)
 
 
 def snapshot(run_dir, config: dict) -> dict:

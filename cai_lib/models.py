@@ -25,7 +25,13 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
            "float16": "float16", "fp16": "float16"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
 
-is_instruct_name = guard.is_instruct_name
+
+
+def _refuse_instruct(name: str) -> None:
+    raise CaiError(
+        f"model {name!r} looks instruction-tuned (its name marks it Instruct/-it/chat/sft/dpo); stage 1 "
+        "needs a base model - pass a base checkpoint, or set allow_instruct_model: true in the profile (allow_instruct=True in code) to use it deliberately"
+    )
 
 
 @dataclass
@@ -185,19 +191,13 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
     typed = str(spec).strip().rstrip("/")
     typed_name = typed if _HUB_ID.match(typed) and not Path(typed).expanduser().exists() else Path(typed).name
     if guard.is_instruct_name(typed_name) and not allow_instruct:
-        raise CaiError(
-            f"model {typed_name!r} looks instruction-tuned (its name marks it Instruct/-it/chat/sft/dpo); stage 1 "
-            "needs a base model - pass a base checkpoint, or set allow_instruct_model: true in the profile (allow_instruct=True in code) to use it deliberately"
-        )
+        _refuse_instruct(typed_name)
     folder, check_name, source = resolve_spec(spec)
 
     flagged = guard.is_instruct_name(check_name) or guard.is_instruct_name(typed_name)
     instruct_check = {"name": check_name, "instruct_like": flagged, "allowed": allow_instruct}
     if flagged and not allow_instruct:
-        raise CaiError(
-            f"model {check_name!r} looks instruction-tuned (its name marks it Instruct/-it/chat/sft/dpo); stage 1 "
-            "needs a base model - pass a base checkpoint, or set allow_instruct_model: true in the profile (allow_instruct=True in code) to use it deliberately"
-        )
+        _refuse_instruct(check_name)
 
     if chosen == "unsloth":
         model, tok = _load_unsloth(folder, torch_dtype, quantization, trust_remote_code, purpose)

@@ -38,6 +38,13 @@ def _in_notebook() -> bool:
         return False
 
 
+def _rate_ci(records: list[dict], field: str) -> tuple[float, float, float]:
+    """(rate, Wilson low, Wilson high) of a success field over non-empty records."""
+    k = sum(bool(r.get(field)) for r in records)
+    lo, hi = wilson(k, len(records))
+    return k / len(records), lo, hi
+
+
 def rates_frame(records: list[dict], by: list[str] | None = None, fields=FIELDS):
     """n, rate and Wilson CI of each success field, overall or per group."""
     pd = _pd()
@@ -50,9 +57,7 @@ def rates_frame(records: list[dict], by: list[str] | None = None, fields=FIELDS)
         row = dict(zip(by or ["group"], key))
         row["n"] = len(rs)
         for f in fields:
-            k = sum(bool(r.get(f)) for r in rs)
-            lo, hi = wilson(k, len(rs))
-            row[f] = k / len(rs)
+            row[f], lo, hi = _rate_ci(rs, f)
             row[f"{f}_ci"] = f"[{lo:.2f}, {hi:.2f}]"
             row[f"_{f}_lo"], row[f"_{f}_hi"] = lo, hi
         rows.append(row)
@@ -250,9 +255,11 @@ def vs_baseline_frame(paths, trained: list[dict], field: str):
     for name, items, rs in groups:
         row = {"model": name, "items": items, "n": len(rs)}
         for f in FIELDS:
-            k = sum(bool(r.get(f)) for r in rs)
-            lo, hi = wilson(k, len(rs)) if rs else (0.0, 1.0)
-            row[f] = f"{k / len(rs):.2f} [{lo:.2f}, {hi:.2f}]" if rs else "—"
+            if rs:
+                rate, lo, hi = _rate_ci(rs, f)
+                row[f] = f"{rate:.2f} [{lo:.2f}, {hi:.2f}]"
+            else:
+                row[f] = "—"
         rows.append(row)
     df = pd.DataFrame(rows)
     df.attrs["gate_field"] = field

@@ -442,14 +442,12 @@ def write_split(run_paths, cfg):
     check runs before anything is written; a leaking split raises CaiError (exit 2) and
     leaves the files as they were.
     """
-    from .fewshot import all_fewshot_instructions
-    from .leakage import find_leaks, overlap_report
+    from .leakage import find_split_leaks, overlap_report
     rp = run_paths
     train = sample_items(train_pool(), cfg.n_train_items, cfg.seed)
     keep_eval = Path(rp.eval_instructions).exists()
     evals = load_items(rp.eval_instructions) if keep_eval else sample_items(eval_pool(), cfg.n_eval_items, cfg.seed)
-    fewshot = list(all_fewshot_instructions())
-    leaks = find_leaks(train, evals, fewshot)
+    leaks, n_fewshot = find_split_leaks(train, evals)
     if leaks:
         x = leaks[0]
         raise CaiError(f"{rp.eval_instructions}: {len(leaks)} eval item(s) leak, e.g. {x['eval_id']} ~ {x['other_id']} "
@@ -459,7 +457,7 @@ def write_split(run_paths, cfg):
     if not keep_eval:
         write_jsonl(rp.eval_instructions, evals)
     report = overlap_report(rp.train_instructions, rp.eval_instructions, leaks,
-                            n_train=len(train), n_eval=len(evals), n_fewshot=len(fewshot))
+                            n_train=len(train), n_eval=len(evals), n_fewshot=n_fewshot)
     report["eval_kept_from_previous_run"] = keep_eval
     write_json(rp.overlap_report, report)
     return train, evals, report

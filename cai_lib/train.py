@@ -59,11 +59,12 @@ from pathlib import Path
 
 from .adapters import ADAPTER_META, base_identity, identity_mismatch
 from .errors import CaiError
+from .manifest import library_versions
+from .models import BACKENDS, QUANTIZATIONS
 from .jsonl import read_json, read_jsonl, sha256_file, write_json
 from .runs import run_paths
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
-BACKENDS = ("auto", "transformers", "unsloth")
 CKPT_META = "cai_checkpoint.json"
 RUN_META = "cai_train_identity.json"
 # Settings that shape the training trajectory: a checkpoint made with other values must
@@ -208,8 +209,8 @@ def pick_training_backend(requested: str = "auto", quantization: str = "none", *
     are CaiErrors."""
     if requested not in BACKENDS:
         raise CaiError(f"backend={requested!r} is not one of {list(BACKENDS)} — fix `backend` in the profile")
-    if quantization not in ("none", "4bit", "8bit"):
-        raise CaiError(f"quantization={quantization!r} is not one of ['none', '4bit', '8bit'] — fix `quantization` in the profile")
+    if quantization not in QUANTIZATIONS:
+        raise CaiError(f"quantization={quantization!r} is not one of {list(QUANTIZATIONS)} — fix `quantization` in the profile")
     cuda = _cuda_available() if cuda is None else cuda
     if quantization != "none" and not cuda:
         raise CaiError(f"quantization={quantization} needs a CUDA GPU (bitsandbytes) and this machine has none — set quantization: none for CPU")
@@ -275,15 +276,12 @@ def peak_memory() -> tuple[int, str]:
     return int(rss if sys.platform == "darwin" else rss * 1024), "process_peak_rss"
 
 
+_TRAIN_LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth")
+
+
 def _versions() -> dict:
-    import importlib.metadata as md
-    out = {}
-    for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    """The installed versions of the libraries that shape training (absent ones left out)."""
+    return {k: v for k, v in library_versions().items() if k in _TRAIN_LIBRARIES and v}
 
 
 def _make_log_callback(log_path: Path, log: dict, session: dict):

@@ -329,16 +329,14 @@ def test_fewshot_rotation_is_seeded(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["format_distillation", "critique_revision"])
-def test_smoke_with_the_real_tiny_model(tmp_path, tiny_tok, strategy):
+def test_smoke_with_the_real_tiny_model(tmp_path, strategy):
     generate = pytest.importorskip("cai_lib.generate")
-    from tiny import tiny_model
+    from tiny import tiny_model, tiny_tokenizer
 
-    tok = tiny_tok
-    try:
-        from cai_lib import guard
-        tok = guard.strip_chat_template(tok) or tok
-    except ImportError:
-        tok.chat_template = None
+    from cai_lib import guard
+    # a fresh tokenizer: the session-wide tiny_tok fixture must keep its chat template for other tests
+    tok = tiny_tokenizer()
+    tok = guard.strip_chat_template(tok) or tok
     loaded = SimpleNamespace(model=tiny_model(tok), tokenizer=tok)
     items = ITEMS[:3]
     paths = run_paths(tmp_path / "run")
