@@ -57,6 +57,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import guard
 from .adapters import ADAPTER_META, base_identity, identity_mismatch
 from .errors import CaiError
 from .manifest import library_versions
@@ -137,7 +138,8 @@ def encode_pair(tokenizer, row: dict, *, leading_space: bool) -> dict:
     if prompt_ids[len(prompt_ids) - len(body):] != body:
         raise CaiError(f"internal: prompt encoding is not BOS + text for {prompt[:40]!r}")
     out = {"prompt_ids": prompt_ids, "boundary_retokenized": False, "special_in_completion": False}
-    specials = set(getattr(tokenizer, "all_special_ids", []) or [])
+    # the guard's set: all_special_ids misses added specials such as Gemma's <start_of_turn>
+    specials = guard.special_ids(tokenizer)
     for key in ("chosen", "rejected"):
         ids, merged = _encode_completion(tokenizer, prompt, body, completion_text(prompt, row[key], leading_space))
         out["special_in_completion"] |= any(t in specials for t in ids)

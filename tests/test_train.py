@@ -115,6 +115,15 @@ def test_long_pairs_are_dropped_and_counted(tiny_tok):
     assert all(len(r["prompt_ids"]) + len(r["chosen_ids"]) <= 64 for r in records)
 
 
+def test_chat_turn_markers_in_a_completion_drop_the_pair(tiny_tok):
+    """<start_of_turn> is an added special token outside all_special_ids: training must not
+    teach the base model chat markers the guard refuses in prompts."""
+    assert tiny_tok.convert_tokens_to_ids("<start_of_turn>") not in tiny_tok.all_special_ids
+    rows = easy_pairs(2) + [{"prompt": "Say hi.", "chosen": "Hi <start_of_turn>user", "rejected": "No."}]
+    records, counts = train.prepare_pairs(tiny_tok, rows, small_cfg())
+    assert counts["dropped_special_tokens"] == 1 and counts["used"] == 2 == len(records)
+
+
 def test_all_pairs_too_long_is_an_error(tiny_tok, tmp_path):
     with pytest.raises(CaiError, match="all 8 pairs were dropped"):
         train.prepare_pairs(tiny_tok, easy_pairs(), small_cfg(max_length=8))
