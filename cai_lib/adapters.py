@@ -149,14 +149,15 @@ def read_adapter_meta(adapter_dir) -> dict:
         raise CaiError(f"{meta}: not valid JSON ({exc.msg}) — retrain with 02_train") from None
 
 
-def check_adapter_matches(adapter_dir, base_identity_or_loaded) -> dict:
+def check_adapter_matches(adapter_dir, base_identity_or_loaded, meta: dict | None = None) -> dict:
     """Raise CaiError unless the adapter was trained on this base; returns its metadata.
 
-    Accepts an identity dict (from `base_identity`) or a Loaded-like object."""
+    Accepts an identity dict (from `base_identity`) or a Loaded-like object; `meta` is the
+    adapter's metadata when the caller already read it (read_adapter_meta)."""
     current = base_identity_or_loaded
     if not isinstance(current, dict):
         current = base_identity(current)
-    meta = read_adapter_meta(adapter_dir)
+    meta = read_adapter_meta(adapter_dir) if meta is None else meta
     why = identity_mismatch(meta.get("base_identity", {}), current)
     if why:
         raise CaiError(f"{adapter_dir}: adapter was trained on a different base model — {why}; load the base it was trained on or retrain")

@@ -20,13 +20,15 @@ from .jsonl import write_json, write_jsonl
 
 
 def load_models(cfg, paths):
-    """The base model with the run's adapter attached (adapter toggled per pass)."""
-    from .adapters import load_adapter
+    """The base model with the run's adapter attached (adapter toggled per pass).
+
+    Refuses an adapter trained on another base model (its cai_adapter.json identity)."""
+    from .adapters import check_adapter_matches, load_adapter, read_adapter_meta
     from .models import load_configured
     adapter_dir = Path(paths.adapter)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise CaiError(f"{adapter_dir}: no trained adapter — run stage 02 (cai run --stages 02) first")
+    meta = read_adapter_meta(adapter_dir)  # before the (slow) model load: a missing adapter fails at once
     loaded = load_configured(cfg)
+    check_adapter_matches(adapter_dir, loaded, meta)
     model = load_adapter(loaded.model, adapter_dir)
     return loaded, model
 

@@ -73,3 +73,27 @@ def test_adapter_toggle_gives_fresh_base_outputs_and_same_prompts(tiny_tok):
     assert [r["response"] for r in base] != [r["response"] for r in trained]  # the adapter is on for "trained"
     assert all({"strict", "loose", "form", "failures"} <= set(r) for r in base + trained)
     assert timing["base_new_tokens"] > 0
+
+
+def test_refuses_an_adapter_trained_on_another_base(tmp_path):
+    """Stage 03 must not evaluate base B with an adapter trained on base A."""
+    import json
+
+    from tiny import save_tiny
+    from transformers import AutoModelForCausalLM
+
+    from cai_lib import adapters
+    from cai_lib.models import load_base
+
+    a, b = save_tiny(tmp_path / "a", seed=0), save_tiny(tmp_path / "b", seed=1)
+    paths = _stage01(tmp_path)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(a),
+                          LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    peft.save_pretrained(paths.adapter)
+    ident_a = adapters.base_identity(load_base(str(a)))
+    (paths.adapter / adapters.ADAPTER_META).write_text(json.dumps({"base_identity": ident_a}))
+    with pytest.raises(CaiError, match="different base model"):
+        evaluate.load_models(RunConfig(model=str(b)), paths)
+    loaded, model = evaluate.load_models(RunConfig(model=str(a)), paths)  # its own base is accepted
+    assert loaded.resolved_path == a
+
