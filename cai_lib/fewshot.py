@@ -19,9 +19,10 @@ from __future__ import annotations
 import random
 
 from .errors import CaiError
+from .items import VALID_TYPES
 
 STEPS = ("response", "critique", "revision")
-TYPES = ("qa", "completion", "generation", "response")
+TYPES = VALID_TYPES
 
 
 def _ex(topic, instruction, good, flawed, critique):

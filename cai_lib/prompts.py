@@ -135,11 +135,14 @@ def _clean_inserted(text: str) -> str:
     return re.sub(r"\n\s*\n+", "\n", text.strip())
 
 
-def _check_not_self(instruction: str, examples: Iterable[dict]) -> None:
+def _is_self(example: dict, instruction: str) -> bool:
     # An example equal to the instruction asked would hand the model its answer.
-    target = normalize(instruction)
+    return normalize(str(example.get("instruction", ""))) == normalize(instruction)
+
+
+def _check_not_self(instruction: str, examples: Iterable[dict]) -> None:
     for ex in examples:
-        if normalize(str(ex.get("instruction", ""))) == target:
+        if _is_self(ex, instruction):
             raise CaiError(f"few-shot example {fewshot_id(ex)!r} is the instruction being asked — rotate another example")
 
 
@@ -182,17 +185,20 @@ def response_frame(instruction: str, examples: Sequence[dict]) -> str:
     return "\n\n".join(blocks)
 
 
+_CRITIQUE_FIELDS = (("Instruction", ("instruction",)), ("Answer", None), ("Critique", ("critique",)))
+_REVISION_FIELDS = _CRITIQUE_FIELDS + (("Revision", ("revision",)),)
+
+
+def _example_block(ex: dict, stops, fields) -> str:
+    """One worked example of a frame: a "Label: value" line per field (None = the answer keys)."""
+    return "\n".join(f"{label}: {_field(ex, keys or _ANSWER, stops)}" for label, keys in fields)
+
+
 def critique_frame(instruction: str, answer: str, examples: Sequence[dict]) -> str:
     """Few-shot frame whose continuation critiques `answer` against PRINCIPLES."""
     _check_not_self(instruction, examples)
     st = FRAME_STOPS["critique"]
-    blocks = [CRITIQUE_HEADER]
-    for ex in examples:
-        blocks.append(
-            f"Instruction: {_field(ex, ('instruction',), st)}\n"
-            f"Answer: {_field(ex, _ANSWER, st)}\n"
-            f"Critique: {_field(ex, ('critique',), st)}"
-        )
+    blocks = [CRITIQUE_HEADER] + [_example_block(ex, st, _CRITIQUE_FIELDS) for ex in examples]
     blocks.append(f"Instruction: {instruction}\nAnswer: {_clean_inserted(answer)}\nCritique:")
     return "\n\n".join(blocks)
 
@@ -201,14 +207,7 @@ def revision_frame(instruction: str, answer: str, critique: str, examples: Seque
     """Few-shot frame whose continuation is `answer` revised to fix `critique`."""
     _check_not_self(instruction, examples)
     st = FRAME_STOPS["revision"]
-    blocks = [REVISION_HEADER]
-    for ex in examples:
-        blocks.append(
-            f"Instruction: {_field(ex, ('instruction',), st)}\n"
-            f"Answer: {_field(ex, _ANSWER, st)}\n"
-            f"Critique: {_field(ex, ('critique',), st)}\n"
-            f"Revision: {_field(ex, ('revision',), st)}"
-        )
+    blocks = [REVISION_HEADER] + [_example_block(ex, st, _REVISION_FIELDS) for ex in examples]
     blocks.append(
         f"Instruction: {instruction}\nAnswer: {_clean_inserted(answer)}\n"
         f"Critique: {_clean_inserted(critique) or 'The answer is good.'}\nRevision:"
@@ -228,10 +227,9 @@ def item_rng(seed: int, item_id: str, step: str) -> random.Random:
 def rotate_excluding(rotate_fn, type_: str, step: str, k: int, rng: random.Random, instruction: str) -> list[dict]:
     """rotate_fn(type, step, k, rng), redrawn (same rng, so still deterministic) while an
     example is the instruction being asked — it would hand the model its own answer."""
-    target = normalize(instruction)
     for _ in range(8):
         examples = list(rotate_fn(type_, step, k, rng))
-        if all(normalize(str(ex.get("instruction", ""))) != target for ex in examples):
+        if not any(_is_self(ex, instruction) for ex in examples):
             return examples
     raise CaiError(f"few-shot bank: every draw for step {step!r} contains the instruction {instruction[:60]!r} — "
                    "remove it from the bank (an eval/train instruction must never be a few-shot example)")

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from . import facts as F
 from .errors import CaiError
-from .items import load_items
+from .items import VALID_TYPES, load_items
 from .jsonl import write_json, write_jsonl
 
-TYPES = ("qa", "completion", "generation", "response")
+TYPES = VALID_TYPES  # the item schema's types, in the order the rotation uses
 EVAL_PERCENT = 25  # share of topic groups held out for evaluation
 SPLIT_SALT = "cai-split-v1"
 
@@ -34,6 +34,17 @@ _NUM_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "ei
               "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
               "nineteen", "twenty"]
 _TENS = {2: "twenty", 3: "thirty", 4: "forty", 5: "fifty", 6: "sixty", 7: "seventy", 8: "eighty", 9: "ninety"}
+
+
+def _rotated(topic: str, k: int, stride: int = 1) -> str:
+    """The type of a topic's k-th item: types rotate from a topic-seeded start, so one topic's
+    items spread over types and every type draws on every fact table."""
+    return TYPES[(_h(topic) % 4 + stride * k) % 4]
+
+
+def _form(typ: str) -> list[dict]:
+    """The extra check a generation item carries: exactly one sentence."""
+    return [{"kind": "sentences", "n": 1}] if typ == "generation" else []
 
 
 def _h(*parts) -> int:
@@ -110,15 +121,13 @@ def _arithmetic(out):
         for b in range(a, 13):
             t = f"arith:{a},{b}"
             wanted = ["add"] + (["mul"] if a >= 2 else []) + (["sub"] if b > a else [])
-            start = _h(t) % 4
             for k, op in enumerate(wanted):
-                typ = TYPES[(start + k) % 4]
+                typ = _rotated(t, k)
                 word, fn = ops[op]
                 x, y = (b, a) if op == "sub" else _pick([(a, b), (b, a)], t, op)
                 ins = _pick(templates[typ], t, op).format(x=x, op=word, y=y)
                 checks = [number_check(fn(x, y))]
-                if typ == "generation":
-                    checks.append({"kind": "sentences", "n": 1})
+                checks += _form(typ)
                 _item(out, t, typ, ins, checks, "arithmetic")
 
 
@@ -126,13 +135,12 @@ def _opposites(out):
     asked = set()  # "light" is in two pairs (dark, heavy): ask about each word once
     for a, b in F.OPPOSITES:
         t = "opposite:" + "-".join(sorted((a, b)))
-        start = _h(t) % 4
         for k, (w, ans) in enumerate(((a, b), (b, a))):
             if w in asked:
                 continue
             asked.add(w)
             accepted = [ans] + F.OPPOSITE_ALTS.get(w, [])
-            typ = TYPES[(start + 2 * k) % 4]
+            typ = _rotated(t, k, 2)
             if typ == "qa":
                 ins, checks = _pick(["What is the opposite of {w}?", "Q: What is the opposite of '{w}'?",
                                      "Answer this question: What word means the opposite of {w}?"], t, w).format(w=w), [_any(accepted)]
@@ -154,27 +162,26 @@ def _animals(out):
         art = "an" if animal[0] in "aeiou" else "a"
         facts = []
         if sounds:
-            facts.append(("sound", sounds, {
+            facts.append((sounds, {
                 "qa": f"What sound does {art} {animal} make?",
                 "completion": f"Complete this sentence: The sound {art} {animal} makes is called a",
                 "response": f"Reply to: My little brother wants to know what sound {art} {animal} makes. What should I tell him?",
                 "generation": f"Write one sentence about the sound {art} {animal} makes."}))
         if babies:
-            facts.append(("baby", babies, {
+            facts.append((babies, {
                 "qa": f"Q: What is a baby {animal} called?",
                 "completion": f"Fill in the blank: A baby {animal} is called a ___.",
                 "response": f"Reply to: What do you call a baby {animal}?",
                 "generation": f"Write one sentence that says what a baby {animal} is called."}))
         if homes:
-            facts.append(("home", homes, {
+            facts.append((homes, {
                 "qa": f"Answer this question: Where does {art} {animal} usually live?",
                 "completion": f"Complete this sentence: {_cap(art)} {animal} usually lives in a",
                 "response": f"Reply to: Where would I find {art} {animal} living?",
                 "generation": f"Write one sentence about where {art} {animal} lives."}))
-        start = _h(t) % 4
-        for k, (_, accepted, phr) in enumerate(facts):
-            typ = TYPES[(start + k) % 4]
-            checks = [_any(accepted)] + ([{"kind": "sentences", "n": 1}] if typ == "generation" else [])
+        for k, (accepted, phr) in enumerate(facts):
+            typ = _rotated(t, k)
+            checks = [_any(accepted)] + _form(typ)
             _item(out, t, typ, phr[typ], checks, "animals")
 
 
@@ -182,7 +189,6 @@ def _colors(out):
     for thing, colors, all_required in F.COLORS:
         t = f"color:{thing}"
         chk = {"kind": "contains_all", "values": colors} if all_required else _any(colors)
-        start = _h(t) % 4
         variants = {
             "qa": [f"What color is {thing}?", f"Q: What color is {thing}?"],
             "completion": [f"Complete this sentence: The color of {thing} is", f"Fill in the blank: {_cap(thing)} is usually ___."],
@@ -190,10 +196,9 @@ def _colors(out):
             "generation": [f"Write one sentence that describes the color of {thing}."],
         }
         for k in range(2 + _h(t, "n") % 2):
-            typ = TYPES[(start + k) % 4]
+            typ = _rotated(t, k)
             checks = [chk]
-            if typ == "generation":
-                checks.append({"kind": "sentences", "n": 1})
+            checks += _form(typ)
             if typ == "response" and not all_required:
                 checks.append({"kind": "max_words", "n": 1})
             _item(out, t, typ, _pick(variants[typ], t, typ), checks, "colors")
@@ -212,10 +217,9 @@ def _qa_table(out, rows, prefix, source):
             "response": f"Reply to: Quick question. {question}",
             "generation": f"Write one sentence that answers this question: {question}",
         }
-        start = _h(t) % 4
         for k in range(3):
-            typ = TYPES[(start + k) % 4]
-            checks = [chk] + ([{"kind": "sentences", "n": 1}] if typ == "generation" else [])
+            typ = _rotated(t, k)
+            checks = [chk] + _form(typ)
             _item(out, t, typ, variants[typ], checks, source)
 
 
@@ -228,11 +232,10 @@ def _elements(out):
             "response": (f"Reply to: I forgot which element has the chemical symbol {sym}. Can you tell me?", [name]),
             "generation": (f"Write one sentence that gives the chemical symbol for {name}.", [sym]),
         }
-        start = _h(t) % 4
         for k in range(2):
-            typ = TYPES[(start + k) % 4]
+            typ = _rotated(t, k)
             ins, ans = rows[typ]
-            checks = [_any(ans)] + ([{"kind": "sentences", "n": 1}] if typ == "generation" else [])
+            checks = [_any(ans)] + _form(typ)
             _item(out, t, typ, ins, checks, "elements")
 
 
@@ -246,13 +249,12 @@ def _calendar(out, seq, unit, source):
             "response": (f"Reply to: It is {cur} now. What {unit} comes next?", nxt),
             "generation": (f"Write one sentence that says which {unit} comes after {cur}.", nxt),
         }
-        start = _h(t) % 4
         for k in range(3):
-            typ = TYPES[(start + k) % 4]
+            typ = _rotated(t, k)
             ins, ans = rows[typ]
             if ans is None:
                 ans = cur if "before" in ins else nxt
-            checks = [_any([ans])] + ([{"kind": "sentences", "n": 1}] if typ == "generation" else [])
+            checks = [_any([ans])] + _form(typ)
             _item(out, t, typ, ins, checks, source)
 
 
