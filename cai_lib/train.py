@@ -359,7 +359,8 @@ def _check_checkpoints(ckpt_dir: Path, record: dict, resume: bool) -> Path | Non
     metas = []
     if (ckpt_dir / RUN_META).exists():
         metas.append((ckpt_dir / RUN_META, read_json(ckpt_dir / RUN_META)))
-    for p in complete_checkpoints(ckpt_dir):
+    done = complete_checkpoints(ckpt_dir)
+    for p in done:
         metas.append((p / CKPT_META, read_json(p / CKPT_META)))
     for where, meta in metas:
         why = identity_mismatch(meta.get("base_identity", {}), record["base_identity"])
@@ -373,7 +374,6 @@ def _check_checkpoints(ckpt_dir: Path, record: dict, resume: bool) -> Path | Non
         if meta.get("trajectory") != record["trajectory"]:
             diff = sorted(k for k in record["trajectory"] if meta.get("trajectory", {}).get(k) != record["trajectory"][k])
             raise CaiError(f"{where}: checkpoint was trained with other settings ({', '.join(diff)}) — restore them, or delete {ckpt_dir} to start over")
-    done = complete_checkpoints(ckpt_dir)
     return done[-1] if done else None
 
 
