@@ -21,7 +21,7 @@ import yaml
 
 from .errors import CaiError
 from .jsonl import read_json
-from .models import BACKENDS, QUANTIZATIONS
+from .constants import BACKENDS, QUANTIZATIONS
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "params"
 

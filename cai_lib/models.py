@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import guard
+from .constants import BACKENDS, PURPOSES, QUANTIZATIONS
 from .errors import CaiError
 
-BACKENDS = ("auto", "transformers", "unsloth")
-QUANTIZATIONS = ("none", "8bit", "4bit")
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
@@ -55,9 +54,6 @@ def _importable(name: str) -> bool:
         return True
     except Exception:  # unsloth raises more than ImportError when CUDA/driver is missing
         return False
-
-
-PURPOSES = ("generate", "train")
 
 
 def pick_backend(requested: str = "auto", purpose: str = "generate") -> str:

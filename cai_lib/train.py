@@ -61,7 +61,7 @@ from . import guard
 from .adapters import ADAPTER_META, base_identity, identity_mismatch
 from .errors import CaiError
 from .manifest import library_versions
-from .models import BACKENDS, QUANTIZATIONS
+from .constants import BACKENDS, QUANTIZATIONS
 from .jsonl import read_json, read_jsonl, sha256_file, write_json
 from .runs import run_paths
 
