@@ -7,6 +7,16 @@ equals batch-1 output instead of assuming it.
 
 Evaluation passes no stop strings: knowing when to stop is part of following an
 instruction, so a response that runs to `max_new_tokens` is recorded as `length`.
+
+Two KV caches (`cache`, one of constants.GEN_CACHES):
+- "dynamic": transformers' default; the cache grows each step, nothing is compiled.
+- "static": a preallocated cache; on CUDA transformers compiles the decoding step
+  (torch.compile, CUDA graphs), which removes the per-kernel launch overhead that bounds a
+  small model. Compilation is per shape, so the shapes are bucketed: the batch is padded
+  to a power of two (capped at the batch size) with copies of a real row, and the cache
+  length is rounded up to a power of two. A run then compiles a handful of times, not per
+  batch. Prefill is not compiled, so the prompt width itself is free.
+- "auto": `pick_cache` - what measured faster on this kind of device (see there).
 """
 
 from __future__ import annotations
@@ -17,9 +27,16 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from . import guard
+from . import guard, scoring
+from .constants import GEN_CACHES
 from .errors import CaiError
 from .prompts import cut_at_stop
+
+# Above this share of batched outputs differing from batch-1 outputs the report flags the
+# comparison (issue 13: "more than a few percent").
+DISAGREE_LIMIT = 0.05
+# Smallest static cache length; lengths are powers of two from here (few compiled shapes).
+MIN_CACHE_LEN = 128
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
@@ -64,28 +81,135 @@ class _StopStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: int, stop, eos, pad) -> list[dict]:
-    width = max(len(x) for x in batch_ids)
+def _base_model(model):
+    """The transformers model under a PEFT wrapper (quantization flags live there)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def _device_type(model) -> str:
+    return getattr(getattr(model, "device", None), "type", "cpu")
+
+
+def _quantized(model) -> str | None:
+    base = _base_model(model)
+    if getattr(base, "is_loaded_in_4bit", False):
+        return "4bit"
+    if getattr(base, "is_loaded_in_8bit", False):
+        return "8bit"
+    return None
+
+
+def _static_unsupported(model) -> str | None:
+    """Why transformers cannot give this model a static cache, or None when it can."""
+    base = _base_model(model)
+    supports = getattr(base, "_supports_default_dynamic_cache", None)
+    if callable(supports) and not supports():
+        return f"{type(base).__name__} does not use transformers' Cache classes"
+    return None
+
+
+def compiles_decoding(model) -> bool:
+    """Whether transformers will compile the decoding step under a static cache.
+
+    Mirrors transformers' own rule (GenerationMixin._valid_auto_compile_criteria, 5.17 and
+    5.24): an accelerator device, and no quantizer that declares itself not compileable
+    (bitsandbytes 4-bit and 8-bit do, in both versions).
+    """
+    if _device_type(model) not in ("cuda", "xpu"):
+        return False
+    quantizer = getattr(_base_model(model), "hf_quantizer", None)
+    return quantizer is None or bool(getattr(quantizer, "is_compileable", False))
+
+
+def pick_cache(model, requested: str = "auto") -> tuple[str, str]:
+    """(cache kind, why) for this model on its device.
+
+    auto, as measured:
+    - CUDA, unquantized: static. H200, Gemma 3 270M bf16, 64 new tokens, transformers 5.17
+      (issue 13, 2026-12-02): 3.5 vs 29.6 ms per step at batch 64 and 5.9 vs 36.1 at 256,
+      after a one-off compilation of 42-50 s per shape (bucketing keeps shapes few).
+    - CUDA, bitsandbytes 4/8-bit: dynamic. transformers does not compile these models, so a
+      static cache keeps the launch overhead that makes small-model decoding slow and adds
+      padding work; not measured on a GPU yet (the device budget ran out).
+    - CPU: dynamic. Nothing is compiled on CPU; measured on 2 cores (reports/benchmarks.md,
+      CPU_MEASURE below).
+    """
+    if requested not in GEN_CACHES:
+        raise CaiError(f"unknown gen_cache {requested!r}; use one of {', '.join(GEN_CACHES)}")
+    why_not = _static_unsupported(model)
+    if requested == "static":
+        if why_not:
+            raise CaiError(f"gen_cache: static is not possible here ({why_not}); set gen_cache: dynamic or auto")
+        return "static", "requested"
+    if requested == "dynamic":
+        return "dynamic", "requested"
+    if why_not:
+        return "dynamic", f"auto: {why_not}"
+    if _device_type(model) == "cpu":
+        return "dynamic", CPU_MEASURE
+    quant = _quantized(model)
+    if quant or not compiles_decoding(model):
+        return "dynamic", (f"auto: {quant or 'this'} model is not compiled by transformers, so a static cache "
+                           "saves no launch overhead (not measured on a GPU)")
+    return "static", "auto: CUDA, compiled static cache (H200: 8.5x fewer ms per step at batch 64)"
+
+
+CPU_MEASURE = "auto: CPU, dynamic measured faster (see reports/benchmarks.md)"
+
+
+def batch_bucket(rows: int, batch_size: int) -> int:
+    """Rows a static-cache batch is padded to: the next power of two, at most batch_size."""
+    return min(batch_size, 1 << max(0, rows - 1).bit_length())
+
+
+def cache_bucket(length: int) -> int:
+    """Static cache length for prompt width + new tokens: the next power of two >= MIN_CACHE_LEN.
+
+    transformers also never shrinks a model's static cache between calls, so after the
+    longest call every later one reuses the same length (one compiled shape per batch size).
+    """
+    return max(MIN_CACHE_LEN, 1 << max(0, length - 1).bit_length())
+
+
+def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: int, stop, eos, pad,
+               cache: str = "dynamic", pad_rows_to: int | None = None, stats: dict | None = None) -> list[dict]:
+    n_real = len(batch_ids)
+    # Padding rows copy the last real row: they finish when it does, so they never add steps.
+    rows = list(batch_ids) + [batch_ids[-1]] * max(0, (pad_rows_to or n_real) - n_real)
+    width = max(len(x) for x in rows)
     # Left padding: every prompt ends at the same column, so the new tokens of every row
     # start together and greedy decoding sees each prompt exactly as at batch 1.
-    input_ids = torch.full((len(batch_ids), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(batch_ids), width), dtype=torch.long)
-    for r, ids in enumerate(batch_ids):
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, ids in enumerate(rows):
         input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
         attn[r, width - len(ids):] = 1
     device = getattr(model, "device", torch.device("cpu"))
     input_ids, attn = input_ids.to(device), attn.to(device)
+    cache_kw = {}
+    if cache == "static":
+        cache_kw = {"cache_implementation": "static", "max_cache_len": cache_bucket(width + max_new_tokens)}
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-        eos_token_id=eos or None, pad_token_id=pad,
+        eos_token_id=eos or None, pad_token_id=pad, **cache_kw,
     )
-    stopper = _StopStrings(tokenizer, stop, width, len(batch_ids)) if stop else None
+    stopper = _StopStrings(tokenizer, stop, width, len(rows)) if stop else None
     with torch.inference_mode():
         out = model.generate(
             input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
             stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
         )
     new = out[:, width:].tolist()
+    if stats is not None:
+        steps = out.shape[1] - width  # decoding steps this batch ran: every row pays each one
+        stats["row_steps"] += len(rows) * steps
+        stats["padded_rows"] += len(rows) - n_real
+        # transformers never shrinks a model's static cache (5.17 and 5.24 keep the longest
+        # length on the model), so the length in use can exceed this batch's bucket
+        used = max(cache_kw.get("max_cache_len", 0), getattr(_base_model(model), "_previous_max_cache_length", 0)) \
+            if cache_kw else 0
+        stats["shapes"].add((len(rows), used))
     recs = []
     eos_set = set(eos)
     for r, ids in enumerate(batch_ids):
@@ -107,8 +231,13 @@ def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: 
     return recs
 
 
+def _first_line(exc: BaseException) -> str:
+    return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
+
+
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 8,
-             stop: list[str] | None = None, progress: bool = True, desc: str = "generate") -> list[dict]:
+             stop: list[str] | None = None, progress: bool = True, desc: str = "generate",
+             cache: str = "auto", info: dict | None = None) -> list[dict]:
     """Greedy continuations of `prompts`, in input order.
 
     Each record: {response, finish_reason (eos|length|stop), prompt_tokens, new_tokens, seconds}.
@@ -117,6 +246,12 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
     BOS, no chat markers) and batched longest-first so similar lengths share a batch (less
     padding) and an out-of-memory shows up on the first batch. On CUDA OOM the batch size is
     halved and the batch retried; the smaller size is kept for the rest.
+
+    cache: one of GEN_CACHES (see pick_cache). With auto, a static cache that fails on the
+    first batch falls back to the dynamic one for the rest of the call (said in `info`).
+    info: a dict filled with how the call decoded - cache kind and why, whether the decoding
+    step was compiled, the (rows, cache length) shapes used, fallback, and the row-steps paid
+    against the tokens kept (the cost of rows that finished early but stayed in their batch).
     """
     from tqdm import tqdm  # text bars: they render in the executed notebook and its HTML
 
@@ -124,6 +259,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
         raise CaiError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size < 1:
         raise CaiError(f"batch_size must be >= 1, got {batch_size}")
+    kind, why = pick_cache(model, cache)
     prompts = list(prompts)
     encoded = guard.encode_prompts(tokenizer, prompts)
     for i, ids in enumerate(encoded):
@@ -133,6 +269,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
     pad = _pad_id(tokenizer, eos)
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
     results: list[dict | None] = [None] * len(prompts)
+    stats = {"row_steps": 0, "padded_rows": 0, "shapes": set()}
+    fallback = None
     bs = batch_size
     pos = 0
     with tqdm(total=len(prompts), desc=desc, disable=not progress) as bar:
@@ -141,7 +279,9 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
             t0 = time.perf_counter()
             try:
                 recs = _run_batch(model, tokenizer, [encoded[i] for i in idx],
-                                  max_new_tokens=max_new_tokens, stop=stop, eos=eos, pad=pad)
+                                  max_new_tokens=max_new_tokens, stop=stop, eos=eos, pad=pad, cache=kind,
+                                  pad_rows_to=batch_bucket(len(idx), bs) if kind == "static" else None,
+                                  stats=stats)
             except torch.cuda.OutOfMemoryError:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -153,35 +293,107 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
                 bs = max(1, bs // 2)
                 bar.write(f"{desc}: CUDA out of memory, retrying with batch size {bs}")
                 continue
+            except CaiError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of the static path, see below
+                if kind != "static":
+                    raise
+                if cache == "static":
+                    raise CaiError(f"gen_cache: static failed for this model ({_first_line(exc)}); "
+                                   "set gen_cache: dynamic or auto") from None
+                # auto chose static on this device's record; this model/library disagrees.
+                # Decoding continues, and the report sees the fallback in `info`.
+                kind, fallback = "dynamic", _first_line(exc)
+                bar.write(f"{desc}: static KV cache failed ({fallback}); continuing with the dynamic cache")
+                continue
             dt = time.perf_counter() - t0
             for i, rec in zip(idx, recs):
                 rec["seconds"] = dt / len(idx)
                 results[i] = rec
             pos += len(idx)
             bar.update(len(idx))
+    if info is not None:
+        kept = sum(r["new_tokens"] for r in results)  # type: ignore[index]
+        info.update({"cache": kind, "cache_reason": why, "fallback": fallback,
+                     "compiled": kind == "static" and compiles_decoding(model),
+                     "shapes": sorted(stats["shapes"]), "batch_size": bs, "padded_rows": stats["padded_rows"],
+                     "row_steps": stats["row_steps"], "new_tokens": kept,
+                     "row_step_use": kept / stats["row_steps"] if stats["row_steps"] else float("nan")})
     return results  # type: ignore[return-value]
 
 
-def determinism_check(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int) -> dict:
-    """How often batched greedy output equals batch-1 greedy output on the same prompts.
-
-    Padding and different matmul shapes change low-order bits; greedy decoding can then
-    take a different branch at a near-tie. The rate is reported, not enforced.
-    """
-    prompts = list(prompts)
-    batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       progress=False, desc="determinism: batched")
-    single = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=1,
-                      progress=False, desc="determinism: batch 1")
+def _compare(batched: Sequence[dict], single: Sequence[dict], prompts: Sequence[str]) -> tuple[int, list[dict]]:
     mismatches = [
         {"index": i, "prompt": p, "batched": b["response"], "single": s["response"]}
         for i, (p, b, s) in enumerate(zip(prompts, batched, single))
         if b["response"] != s["response"]
     ]
+    return len(prompts) - len(mismatches), mismatches
+
+
+def determinism_check(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
+                      cache: str = "auto") -> dict:
+    """How often batched greedy output equals batch-1 greedy output on the same prompts.
+
+    Padding and different matmul shapes change low-order bits; greedy decoding can then
+    take a different branch at a near-tie. The rate is reported, not enforced. Both runs use
+    the same weights and the same cache kind (the path evaluation used).
+    """
+    prompts = list(prompts)
+    info: dict = {}
+    batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       progress=False, desc="determinism: batched", cache=cache, info=info)
+    single = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=1,
+                      progress=False, desc="determinism: batch 1", cache=info.get("cache", cache))
+    agree, mismatches = _compare(batched, single, prompts)
     n = len(prompts)
-    agree = n - len(mismatches)
     return {"n": n, "agree": agree, "rate": agree / n if n else float("nan"),
-            "batch_size": batch_size, "max_new_tokens": max_new_tokens, "mismatches": mismatches}
+            "batch_size": batch_size, "max_new_tokens": max_new_tokens, "cache": info.get("cache", cache),
+            "mismatches": mismatches}
+
+
+RATE_FIELDS = ("strict", "loose", "form")
+
+
+def comparability_certificate(model, tokenizer, items: Sequence[dict], *, max_new_tokens: int, batch_size: int,
+                              cache: str = "auto", sample: int | None = None, progress: bool = False) -> dict:
+    """Batched fast-path decoding against batch-1 decoding on a sample of eval items.
+
+    Same weights, same cache kind, same prompts: the only difference is the batch. Returns
+    how many responses are identical, and the strict/loose/form rates of each run (scored
+    with cai_lib.scoring) with their differences and per-item flips - whether batching moved
+    the *rates*, not only the strings. `flagged` is True when more than DISAGREE_LIMIT of the
+    items differ; the report says so in its verdict box.
+    """
+    items = list(items)[:sample] if sample else list(items)
+    if not items:
+        raise CaiError("comparability_certificate needs at least one eval item")
+    for k, it in enumerate(items):
+        if "instruction" not in it or "checks" not in it:
+            raise CaiError(f"eval item {k + 1} lacks 'instruction' or 'checks' - pass the eval items (eval_instructions.jsonl)")
+    prompts = [it["instruction"] for it in items]
+    info_b: dict = {}
+    info_1: dict = {}
+    batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       progress=progress, desc="certificate: batched", cache=cache, info=info_b)
+    single = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=1,
+                      progress=progress, desc="certificate: batch 1", cache=info_b["cache"], info=info_1)
+    sb = scoring.score_records([{**it, **o} for it, o in zip(items, batched)], "certificate batched")
+    s1 = scoring.score_records([{**it, **o} for it, o in zip(items, single)], "certificate batch-1")
+    rb, r1 = scoring.summarize(sb, by=()), scoring.summarize(s1, by=())
+    identical, mismatches = _compare(batched, single, prompts)
+    n = len(items)
+    return {
+        "n": n, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+        "cache": info_b["cache"], "compiled": info_b["compiled"], "cache_reason": info_b["cache_reason"],
+        "fallback": info_b["fallback"] or info_1["fallback"],
+        "identical": identical, "identical_rate": identical / n,
+        "batched": {f: rb[f] for f in RATE_FIELDS}, "batch1": {f: r1[f] for f in RATE_FIELDS},
+        "delta": {f: rb[f] - r1[f] for f in RATE_FIELDS},
+        "flips": {f: sum(bool(a[f]) != bool(b[f]) for a, b in zip(sb, s1)) for f in RATE_FIELDS},
+        "disagree_limit": DISAGREE_LIMIT, "flagged": (n - identical) / n > DISAGREE_LIMIT,
+        "mismatches": mismatches[:20],
+    }
 
 
 def throughput(records: Sequence[dict]) -> dict:
@@ -192,7 +404,10 @@ def throughput(records: Sequence[dict]) -> dict:
             "tokens_per_s": toks / secs if secs > 0 else float("nan")}
 
 
-def measure_throughput(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int) -> dict:
-    """Run generate once and return throughput() plus the batch size (for benchmarks)."""
-    recs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
-    return {"batch_size": batch_size, **throughput(recs)}
+def measure_throughput(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
+                       cache: str = "auto") -> dict:
+    """Run generate once and return throughput() plus the batch size and decoding info (for benchmarks)."""
+    info: dict = {}
+    recs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    progress=False, cache=cache, info=info)
+    return {"batch_size": batch_size, **throughput(recs), "decoding": info}

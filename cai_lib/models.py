@@ -232,9 +232,30 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
     return Loaded(model=model, tokenizer=tok, backend=chosen, spec=str(spec), resolved_path=Path(folder), info=info)
 
 
+def quantization_for(cfg, purpose: str = "generate") -> str:
+    """The weights a stage loads: training uses `quantization`; generation stages (00, 01, 03)
+    use `gen_quantization`, where "as_train" means the training quantization.
+
+    Both evaluated models (base and trained) come from the one loaded copy (the adapter is
+    toggled), so whatever this returns, they share weights and decoding path. A bf16
+    generation load skips 4-bit dequantisation on every step and lets transformers compile
+    the static-cache decoding step (it does not compile bitsandbytes models).
+    """
+    if purpose not in PURPOSES:
+        raise CaiError(f"unknown load purpose {purpose!r}; use one of {', '.join(PURPOSES)}")
+    if purpose == "train":
+        return cfg.quantization
+    gen = getattr(cfg, "gen_quantization", "as_train")
+    if gen == "as_train":
+        return cfg.quantization
+    if gen not in QUANTIZATIONS:
+        raise CaiError(f"unknown gen_quantization {gen!r}; use as_train or one of {', '.join(QUANTIZATIONS)}")
+    return gen
+
+
 def load_configured(cfg, purpose: str = "generate") -> Loaded:
     """load_base with a run's RunConfig: the one call every stage and launcher makes."""
-    return load_base(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization, backend=cfg.backend,
+    return load_base(cfg.model, dtype=cfg.dtype, quantization=quantization_for(cfg, purpose), backend=cfg.backend,
                      trust_remote_code=cfg.trust_remote_code, allow_instruct=cfg.allow_instruct_model,
                      purpose=purpose)
 

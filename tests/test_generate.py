@@ -1,4 +1,5 @@
-"""Batched greedy generation on the tiny Gemma 3: finish reasons, order, BOS, OOM back-off."""
+"""Batched greedy generation on the tiny Gemma 3: finish reasons, order, BOS, OOM back-off,
+both KV caches (dynamic and static), bucketing, fallback and the comparability certificate."""
 
 import pytest
 import torch
@@ -27,6 +28,12 @@ def lm(tok):
     return tiny_model(tok)
 
 
+@pytest.fixture(params=["dynamic", "static"])
+def cache(request):
+    """Finish reasons and stop strings must come out the same with either KV cache."""
+    return request.param
+
+
 def _force(model, ids_per_step, *, vocab):
     """Make greedy decoding emit `ids_per_step` in order (then keep the last one).
 
@@ -53,9 +60,9 @@ def _ban(model, ids, *, vocab):
     return model.lm_head.register_forward_hook(hook)
 
 
-def test_record_fields_and_length_reason(lm, tok):
+def test_record_fields_and_length_reason(lm, tok, cache):
     _ban(lm, [tok.eos_token_id], vocab=len(tok))
-    recs = gen.generate(lm, tok, PROMPTS, max_new_tokens=5, batch_size=2, progress=False)
+    recs = gen.generate(lm, tok, PROMPTS, max_new_tokens=5, batch_size=2, progress=False, cache=cache)
     assert len(recs) == len(PROMPTS)
     for r, p in zip(recs, PROMPTS):
         assert set(r) == {"response", "finish_reason", "prompt_tokens", "new_tokens", "seconds"}
@@ -64,27 +71,28 @@ def test_record_fields_and_length_reason(lm, tok):
         assert r["seconds"] > 0
 
 
-def test_eos_reason(lm, tok):
+def test_eos_reason(lm, tok, cache):
     _force(lm, [tok.eos_token_id], vocab=len(tok))
-    recs = gen.generate(lm, tok, PROMPTS[:2], max_new_tokens=6, batch_size=2, progress=False)
+    recs = gen.generate(lm, tok, PROMPTS[:2], max_new_tokens=6, batch_size=2, progress=False, cache=cache)
     for r in recs:
         assert r == {**r, "finish_reason": "eos", "response": "", "new_tokens": 1}
 
 
-def test_any_generation_config_eos_id_ends(lm, tok):
+def test_any_generation_config_eos_id_ends(lm, tok, cache):
     other = tok.convert_tokens_to_ids("<end_of_turn>")
     lm.generation_config.eos_token_id = [tok.eos_token_id, other]
     words = tok("red", add_special_tokens=False)["input_ids"]
     _force(lm, words + [other], vocab=len(tok))
-    r = gen.generate(lm, tok, ["Colors:"], max_new_tokens=10, progress=False)[0]
+    r = gen.generate(lm, tok, ["Colors:"], max_new_tokens=10, progress=False, cache=cache)[0]
     assert r["finish_reason"] == "eos" and r["response"] == "red"
     assert r["new_tokens"] == len(words) + 1
 
 
-def test_stop_string_cuts_response(lm, tok):
+def test_stop_string_cuts_response(lm, tok, cache):
     seq = tok("red, green\nblue sky", add_special_tokens=False)["input_ids"]
     _force(lm, seq, vocab=len(tok))
-    recs = gen.generate(lm, tok, PROMPTS[:3], max_new_tokens=20, batch_size=3, stop=["\n"], progress=False)
+    recs = gen.generate(lm, tok, PROMPTS[:3], max_new_tokens=20, batch_size=3, stop=["\n"], progress=False,
+                        cache=cache)
     n_to_newline = len(tok("red, green\n", add_special_tokens=False)["input_ids"])
     for r in recs:
         assert r["finish_reason"] == "stop"
@@ -92,27 +100,29 @@ def test_stop_string_cuts_response(lm, tok):
         assert r["new_tokens"] <= n_to_newline + 1  # stopped early, not at max_new_tokens
 
 
-def test_eos_before_stop_string_is_eos(lm, tok):
+def test_eos_before_stop_string_is_eos(lm, tok, cache):
     seq = tok("red", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     _force(lm, seq, vocab=len(tok))
-    r = gen.generate(lm, tok, ["x"], max_new_tokens=10, stop=["\n"], progress=False)[0]
+    r = gen.generate(lm, tok, ["x"], max_new_tokens=10, stop=["\n"], progress=False, cache=cache)[0]
     assert r["finish_reason"] == "eos" and r["response"] == "red"
 
 
-def test_order_preserved_and_equal_to_batch_one(lm, tok):
+def test_order_preserved_and_equal_to_batch_one(lm, tok, cache):
     """Prompts are length-sorted internally; results come back in input order, and the
     batched greedy text equals batch-1 greedy text on this fp32 model."""
     prompts = PROMPTS + ["A", "Write one sentence about cats and dogs and birds and fish."]
-    batched = gen.generate(lm, tok, prompts, max_new_tokens=8, batch_size=3, progress=False)
-    single = [gen.generate(lm, tok, [p], max_new_tokens=8, batch_size=1, progress=False)[0] for p in prompts]
+    batched = gen.generate(lm, tok, prompts, max_new_tokens=8, batch_size=3, progress=False, cache=cache)
+    single = [gen.generate(lm, tok, [p], max_new_tokens=8, batch_size=1, progress=False, cache=cache)[0]
+              for p in prompts]
     assert [r["prompt_tokens"] for r in batched] == [len(guard.encode_prompts(tok, [p])[0]) for p in prompts]
     assert [r["response"] for r in batched] == [r["response"] for r in single]
     assert len({r["response"] for r in batched}) > 1  # distinct prompts, distinct outputs: order is testable
 
 
-def test_determinism_check(lm, tok):
-    d = gen.determinism_check(lm, tok, PROMPTS, max_new_tokens=6, batch_size=4)
+def test_determinism_check(lm, tok, cache):
+    d = gen.determinism_check(lm, tok, PROMPTS, max_new_tokens=6, batch_size=4, cache=cache)
     assert d["n"] == len(PROMPTS) and d["agree"] == d["n"] and d["rate"] == 1.0 and d["mismatches"] == []
+    assert d["cache"] == cache
 
 
 def test_determinism_check_reports_mismatches(lm, tok, monkeypatch):
@@ -213,3 +223,205 @@ def test_greedy_even_when_model_config_says_sample(lm, tok):
             first = int(lm(input_ids=ids).logits[0, -1].argmax())
         first_text = tok.decode([first], skip_special_tokens=True)
         assert r["response"].startswith(first_text)
+
+
+# ---- KV cache choice, bucketing, fallback ------------------------------------------------
+
+
+def test_buckets_are_powers_of_two_capped():
+    assert [gen.batch_bucket(n, 64) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
+    assert gen.batch_bucket(40, 48) == 48  # never above the batch size
+    assert [gen.cache_bucket(n) for n in (1, 100, 128, 129, 300, 1025)] == [128, 128, 128, 256, 512, 2048]
+
+
+def test_static_pads_rows_and_cache_to_buckets(lm, tok):
+    info = {}
+    prompts = PROMPTS + ["A", "B"]  # 7 prompts at batch 8: one batch padded to 8 rows
+    gen.generate(lm, tok, prompts, max_new_tokens=4, batch_size=8, progress=False, cache="static", info=info)
+    assert info["cache"] == "static" and info["padded_rows"] == 1 and info["shapes"] == [(8, 128)]
+    assert info["compiled"] is False  # CPU: transformers compiles nothing
+    info = {}
+    long = " ".join(["word"] * 40)  # prompt + new tokens > 128: the next bucket
+    width = len(guard.encode_prompts(tok, [long])[0])
+    assert 128 < width + 4 <= 256
+    gen.generate(lm, tok, [long] + PROMPTS[:2], max_new_tokens=4, batch_size=2, progress=False,
+                 cache="static", info=info)
+    # the second batch's prompts are short, but transformers keeps the longer cache: one length
+    assert info["shapes"] == [(1, 256), (2, 256)]
+
+
+def test_dynamic_does_not_pad(lm, tok):
+    info = {}
+    gen.generate(lm, tok, PROMPTS, max_new_tokens=3, batch_size=4, progress=False, cache="dynamic", info=info)
+    assert info["padded_rows"] == 0 and sorted(s[0] for s in info["shapes"]) == [1, 4]
+
+
+def test_static_equals_dynamic_and_padding_rows_add_no_steps(lm, tok):
+    prompts = PROMPTS + ["Write one sentence about cats and dogs."]
+    runs = {}
+    for c in ("dynamic", "static"):
+        info = {}
+        runs[c] = gen.generate(lm, tok, prompts, max_new_tokens=7, batch_size=4, progress=False, cache=c, info=info)
+        runs[c + "_info"] = info
+    assert runs["static"] == [{**r, "seconds": s["seconds"]} for r, s in zip(runs["dynamic"], runs["static"])]
+    # 6 prompts at batch 4: batches of 4 and 2 (2 is already a power of two): 7 steps each
+    assert runs["static_info"]["row_steps"] == runs["dynamic_info"]["row_steps"] == 6 * 7
+    assert runs["static_info"]["row_step_use"] == 1.0
+
+
+def test_early_finished_rows_are_counted(lm, tok):
+    """One row stops at once, its batch-mate runs to the limit: row_step_use shows the waste."""
+    eos = tok.eos_token_id
+    step = {"k": 0}
+
+    def hook(_m, _inp, out):  # row 0 (longest prompt, sorted first) gets eos at step 0, row 1 never
+        bias = torch.zeros_like(out)
+        if step["k"] == 0:
+            bias[0, -1, eos] = 1e4
+        bias[1:, -1, eos] = -1e4
+        step["k"] += 1
+        return out + bias
+
+    lm.lm_head.register_forward_hook(hook)
+    info = {}
+    recs = gen.generate(lm, tok, [PROMPTS[2], "Hi"], max_new_tokens=5, batch_size=2, progress=False, info=info)
+    assert [r["new_tokens"] for r in recs] == [1, 5]
+    assert info["row_steps"] == 10 and info["row_step_use"] == pytest.approx(6 / 10)
+
+
+def test_pick_cache_choices(lm):
+    assert gen.pick_cache(lm, "auto")[0] == "dynamic"  # CPU: measured (see pick_cache)
+    assert gen.pick_cache(lm, "static") == ("static", "requested")
+    assert gen.pick_cache(lm, "dynamic") == ("dynamic", "requested")
+    with pytest.raises(CaiError, match="gen_cache"):
+        gen.pick_cache(lm, "paged")
+
+
+class _FakeCuda:
+    """Just enough of a model for pick_cache's decision on a CUDA device."""
+    device = torch.device("cuda")
+    hf_quantizer = None
+
+    def __init__(self, bits=None):
+        if bits:
+            setattr(self, f"is_loaded_in_{bits}", True)
+            self.hf_quantizer = type("Q", (), {"is_compileable": False})()
+
+
+def test_pick_cache_on_cuda_static_unless_bitsandbytes():
+    assert gen.pick_cache(_FakeCuda(), "auto")[0] == "static"
+    assert gen.compiles_decoding(_FakeCuda())
+    for bits in ("4bit", "8bit"):
+        kind, why = gen.pick_cache(_FakeCuda(bits), "auto")
+        assert kind == "dynamic" and bits in why and not gen.compiles_decoding(_FakeCuda(bits))
+
+
+def _static_breaks(model):
+    real = model.generate
+
+    def generate(*a, **kw):
+        if kw["generation_config"].cache_implementation == "static":
+            raise RuntimeError("static cache not supported (simulated)\nsecond line")
+        return real(*a, **kw)
+
+    model.generate = generate
+
+
+def test_auto_falls_back_to_dynamic_when_static_fails(lm, tok, monkeypatch):
+    ref = gen.generate(lm, tok, PROMPTS, max_new_tokens=4, batch_size=2, progress=False, cache="dynamic")
+    _static_breaks(lm)
+    monkeypatch.setattr(gen, "pick_cache", lambda model, requested: ("static", "test: as on CUDA"))
+    info = {}
+    recs = gen.generate(lm, tok, PROMPTS, max_new_tokens=4, batch_size=2, progress=False, cache="auto", info=info)
+    assert info["cache"] == "dynamic" and info["fallback"] == "static cache not supported (simulated)"
+    assert [r["response"] for r in recs] == [r["response"] for r in ref]
+
+
+def test_explicit_static_failure_is_one_clear_error(lm, tok):
+    _static_breaks(lm)
+    with pytest.raises(CaiError, match="gen_cache: static failed .*simulated.*gen_cache: dynamic"):
+        gen.generate(lm, tok, PROMPTS, max_new_tokens=4, batch_size=2, progress=False, cache="static")
+
+
+def test_oom_back_off_with_static_cache(lm, tok, monkeypatch):
+    real = gen._run_batch
+    padded = []
+
+    def maybe_oom(model, tokenizer, batch_ids, **kw):
+        padded.append(kw["pad_rows_to"])
+        if kw["pad_rows_to"] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, tokenizer, batch_ids, **kw)
+
+    monkeypatch.setattr(gen, "_run_batch", maybe_oom)
+    recs = gen.generate(lm, tok, PROMPTS, max_new_tokens=3, batch_size=4, progress=False, cache="static")
+    assert padded[:2] == [4, 4] or padded[:2] == [4, 2]
+    assert all(p <= 2 for p in padded[padded.index(2):]) and len(recs) == len(PROMPTS)
+
+
+# ---- comparability certificate ----------------------------------------------------------
+
+ITEMS = [{"id": f"i{k}", "type": "t", "instruction": p, "checks": []} for k, p in enumerate(PROMPTS)]
+
+
+def test_certificate_identical_on_fp32(lm, tok, cache):
+    c = gen.comparability_certificate(lm, tok, ITEMS, max_new_tokens=5, batch_size=4, cache=cache)
+    assert c["n"] == 5 and c["identical"] == 5 and c["identical_rate"] == 1.0 and not c["flagged"]
+    assert c["cache"] == cache and c["batched"] == c["batch1"]
+    assert c["delta"] == {"strict": 0.0, "loose": 0.0, "form": 0.0} and c["flips"] == {"strict": 0, "loose": 0, "form": 0}
+
+
+def test_certificate_counts_rate_moves(lm, tok, monkeypatch):
+    """A batched response that changes enough to flip its score moves the rates and flags the run."""
+    _ban(lm, [tok.eos_token_id], vocab=len(tok))  # every response runs to `length`: strict fails
+    real = gen.generate
+
+    def batched_differs(model, tokenizer, prompts, **kw):
+        out = real(model, tokenizer, prompts, **kw)
+        if kw["batch_size"] > 1:  # row 1 "stops" in the batched run only
+            out[1] = {**out[1], "response": "Paris.", "finish_reason": "eos"}
+        return out
+
+    monkeypatch.setattr(gen, "generate", batched_differs)
+    c = gen.comparability_certificate(lm, tok, ITEMS, max_new_tokens=3, batch_size=4, sample=4)
+    assert c["n"] == 4 and c["identical"] == 3 and c["flagged"]  # 1 of 4 differs > 5 %
+    assert c["flips"]["strict"] == 1 and c["delta"]["strict"] == pytest.approx(0.25)
+    assert [m["index"] for m in c["mismatches"]] == [1]
+
+
+def test_certificate_refuses_items_without_checks(lm, tok):
+    with pytest.raises(CaiError, match="checks"):
+        gen.comparability_certificate(lm, tok, [{"instruction": "x"}], max_new_tokens=2, batch_size=2)
+
+
+# ---- generation quantization (models.quantization_for) ----------------------------------
+
+
+def test_generation_quantization_follows_the_knob():
+    from types import SimpleNamespace
+
+    from cai_lib.models import quantization_for
+
+    cfg = SimpleNamespace(quantization="4bit", gen_quantization="as_train")
+    assert quantization_for(cfg, "generate") == "4bit" and quantization_for(cfg, "train") == "4bit"
+    cfg.gen_quantization = "none"
+    assert quantization_for(cfg, "generate") == "none" and quantization_for(cfg, "train") == "4bit"
+    assert quantization_for(SimpleNamespace(quantization="8bit"), "generate") == "8bit"  # older config: as_train
+    with pytest.raises(CaiError, match="gen_quantization"):
+        quantization_for(SimpleNamespace(quantization="none", gen_quantization="2bit"), "generate")
+
+
+# ---- CUDA ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_static_compiles_and_matches_dynamic(tok):
+    model = tiny_model(tok).to("cuda")
+    assert gen.pick_cache(model, "auto")[0] == "static"
+    prompts = PROMPTS * 3
+    dyn = gen.generate(model, tok, prompts, max_new_tokens=6, batch_size=4, progress=False, cache="dynamic")
+    info = {}
+    sta = gen.generate(model, tok, prompts, max_new_tokens=6, batch_size=4, progress=False, cache="auto", info=info)
+    assert info["cache"] == "static" and info["compiled"] and info["fallback"] is None
+    assert info["shapes"] == [(4, 128)]  # 15 prompts at batch 4: the last 3 padded to 4, one shape
+    assert [r["response"] for r in sta] == [r["response"] for r in dyn]  # fp32: same greedy text
