@@ -1,0 +1,130 @@
+"""Pre-flight arithmetic: shapes, the formula's parts, calibration points, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cai_lib import preflight as pf
+from cai_lib.config import PROFILE_DIR
+from cai_lib.errors import CaiError
+
+# Published config.json values (Qwen2.5-32B, Qwen2.5-7B, Qwen2.5-1.5B; Gemma 3 270M = the embedded model).
+QWEN32B = dict(model_type="qwen2", vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
+               num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False)
+QWEN7B = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+              num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
+QWEN1_5B = dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True)
+GEMMA270M = dict(model_type="gemma3_text", vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                 num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512, tie_word_embeddings=True,
+                 layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3)
+
+
+def profile(name: str) -> dict:
+    return yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text())
+
+
+def test_shape_counts_match_the_published_32b():
+    s = pf.shape_from_config(QWEN32B)
+    assert (s.q, s.kv, s.head_dim) == (5120, 1024, 128)
+    assert s.linear_params == 64 * (5120 * 5120 * 2 + 5120 * 1024 * 2 + 3 * 5120 * 27648)  # 31.21e9
+    assert round(s.linear_params / 1e9, 2) == 31.21
+    assert s.lora_params(32) == 64 * 32 * ((5120 + 5120) * 2 + 2 * (5120 + 1024) + 3 * (5120 + 27648))
+
+
+def test_kv_cache_formula_and_sliding_window():
+    s = pf.shape_from_config(QWEN32B)
+    # 2 * layers * kv_heads * head_dim * 2 bytes * batch * tokens
+    assert pf.kv_cache_bytes(s, 32, 256) == 2 * 64 * 8 * 128 * 2 * 32 * 256
+    g = pf.shape_from_config(GEMMA270M)
+    assert g.sliding_layers == 15
+    # 15 windowed layers keep 512 positions, 3 global layers keep all 2048
+    assert pf.kv_cache_bytes(g, 1, 2048) == 2 * 256 * 2 * (3 * 2048 + 15 * 512)
+
+
+def test_32b_profile_estimates_and_fits_80gb():
+    est = pf.estimate(QWEN32B, profile("gpu-32b"))
+    w = est["00_baseline"]["parts"]["weights"]
+    assert 18.5 < w < 19.1  # 31.21e9 * 0.546 B + 2 * 152064 * 5120 * 2 B = 18.8 GiB
+    assert est["03_evaluate"]["parts"]["lora"] == pytest.approx(pf.shape_from_config(QWEN32B).lora_params(32) * 4 / 2**30)
+    assert est["02_train"]["parts"]["lora_optimizer"] == pytest.approx(4.0, abs=0.05)  # 268 M params x 16 B
+    # critique -> revision frames are the longest prompts: stage 01 is the largest generation stage
+    assert est["01_generate"]["gib"] > est["00_baseline"]["gib"] > est["03_evaluate"]["gib"] - 1.0
+    findings = pf.check(QWEN32B, profile("gpu-32b"), 80)
+    assert [f.stage for f in findings] == ["00_baseline", "01_generate", "02_train", "03_evaluate"]
+    assert all(f.level == "ok" for f in findings), [str(f) for f in findings]
+    assert est["total_hours"] > 0.5
+
+
+def test_refuses_a_batch_too_big_for_80gb_and_names_the_key():
+    cfg = {**profile("gpu-32b"), "gen_batch_size": 512}
+    findings = {f.stage: f for f in pf.check(QWEN32B, cfg, 80)}
+    f = findings["01_generate"]
+    assert f.level == "refuse"
+    line = str(f)
+    assert "\n" not in line and "01_generate" in line and "gen_batch_size" in line
+    assert 1 <= f.suggest < 512
+    # the suggested batch really fits when fed back
+    again = {x.stage: x for x in pf.check(QWEN32B, {**cfg, "gen_batch_size": f.suggest}, 80)}
+    assert again["01_generate"].level in ("ok", "warn") and again["01_generate"].gib <= 0.95 * 80
+
+
+def test_training_refusal_names_per_device_batch_size():
+    cfg = {**profile("gpu-32b"), "per_device_batch_size": 256}
+    f = {x.stage: x for x in pf.check(QWEN32B, cfg, 80)}["02_train"]
+    assert f.level == "refuse" and f.key == "per_device_batch_size" and "per_device_batch_size" in str(f)
+
+
+def test_weights_alone_too_big_says_quantize():
+    cfg = {**profile("gpu-32b"), "quantization": "none"}  # 65 GB of bf16 weights + the rest on 40 GB
+    f = pf.check(QWEN32B, cfg, 40)[0]
+    assert f.level == "refuse" and f.suggest is None and "quantization: 4bit" in str(f)
+
+
+def test_gradient_checkpointing_off_costs_memory():
+    on = pf.estimate(QWEN32B, profile("gpu-32b"))["02_train"]["parts"]["activations"]
+    off = pf.estimate(QWEN32B, {**profile("gpu-32b"), "gradient_checkpointing": False})["02_train"]["parts"]["activations"]
+    assert off > 10 * on
+
+
+def test_embedded_model_gpu_small_estimates():
+    est = pf.estimate(GEMMA270M, profile("gpu-small"))
+    assert 0.3 < est["03_evaluate"]["parts"]["weights"] < 0.4  # 168 M bf16 embedding + 100 M nf4 linear
+    assert all(f.level == "ok" for f in pf.check(GEMMA270M, profile("gpu-small"), 80))
+
+
+# Measured peaks (reports/benchmarks.md, H100): the formula must stay within 15% of each.
+CALIBRATION = [
+    # DPO step, Unsloth 4-bit, 4 pairs x 384 tokens, r=16, checkpointing
+    ("qwen7b dpo", QWEN7B, dict(quantization="4bit", per_device_batch_size=4, lora_r=16, gradient_checkpointing=True),
+     "02_train", 384, 7.04),
+    ("qwen1.5b dpo", QWEN1_5B, dict(quantization="4bit", per_device_batch_size=4, lora_r=16, gradient_checkpointing=True),
+     "02_train", 384, 1.97),
+    # cai run --profile gpu-small, stages 02 and 03 (embedded Gemma 3 270M)
+    ("gemma gpu-small 02", GEMMA270M, "gpu-small", "02_train", None, 2.05),
+    ("gemma gpu-small 03", GEMMA270M, "gpu-small", "03_evaluate", None, 0.66),
+]
+
+
+@pytest.mark.parametrize("name,config,cfg,stage,seq,measured", CALIBRATION, ids=[c[0] for c in CALIBRATION])
+def test_within_15_percent_of_measured_peaks(name, config, cfg, stage, seq, measured):
+    cfg = profile(cfg) if isinstance(cfg, str) else cfg
+    est = pf.estimate(config, cfg, seq_tokens=seq, training_backend="unsloth")[stage]["gib"]
+    assert abs(est / measured - 1) <= 0.15, (name, est, measured)
+
+
+def test_8bit_eval_toggle_within_15_percent():
+    # 7B LLM.int8, adapter r=32 toggled, batch 16, prompts up to 120 tokens, 64 new: 9.23 GiB measured
+    s = pf.shape_from_config(QWEN7B)
+    parts = pf.generation_bytes(s, dict(quantization="8bit", lora_r=32), batch=16, prompt=120, new=64, with_lora=True)
+    assert abs(sum(parts.values()) / 2**30 / 9.23 - 1) <= 0.15
+
+
+def test_bad_inputs_are_one_line_errors():
+    with pytest.raises(CaiError, match="hidden_size"):
+        pf.check({k: v for k, v in QWEN32B.items() if k != "hidden_size"}, profile("gpu-32b"), 80)
+    with pytest.raises(CaiError, match="gpu memory"):
+        pf.check(QWEN32B, profile("gpu-32b"), 0)
+    nested = {"model_type": "gemma3", "text_config": GEMMA270M}
+    assert pf.estimate(nested, profile("gpu-small"))["02_train"]["gib"] == pf.estimate(GEMMA270M, profile("gpu-small"))["02_train"]["gib"]
