@@ -20,7 +20,10 @@ kv width = kv_heads * head_dim. Linear parameters P_lin = L * (h*q + 2*h*kv + q*
                 training: P_lora * 16 B (fp32 weight, gradient, two Adam moments)
                 evaluation (adapter loaded for inference): P_lora * 4 B
     kv_cache  = 2 * L' * kv_heads * head_dim * 2 B * batch * (prompt + new)
-                (L' counts sliding-window layers with min(tokens, window) positions)
+                (L' counts sliding-window layers with min(tokens, window) positions; a static
+                cache holds the next power of two >= prompt + new, at least 128 positions)
+    generation stages load `gen_quantization` weights (as_train = `quantization`); the cache is
+    static when gen_cache is static, or auto with unquantized weights (generate.pick_cache)
     prefill   = batch * prompt * (G_H*h + G_I*i) * 2 B        one layer's working set, G_H=4, G_I=3
     decode    = batch * V * 6 B                               last-position logits bf16 + fp32 copy
     dequant   = max linear weight * 2 B                       bitsandbytes dequantizes one weight at a time
@@ -46,7 +49,8 @@ Time (upper bounds: every generation runs to its max_new_tokens, every pair is k
 --------------------------------------------------------------------------------------
     decode step  = L * S_LAYER[quantization] + weight_bytes / HBM_BW
                    S_LAYER: 4bit 5.6 ms (gpu-small on the H100: 101 ms per step, 18 layers),
-                   8bit 18.2 ms (7B: 0.51 s per step, 28 layers), none 1.3 ms (1.5B bf16 batch 1);
+                   8bit 18.2 ms (7B: 0.51 s per step, 28 layers), none 1.3 ms (1.5B bf16 batch 1),
+                   none + compiled static cache 0.2 ms (H200, 270M bf16: 3.5 ms per step, 18 layers);
                    HBM_BW 3.0e12 B/s (H100/H200 class)
     a generation stage = batches * new_tokens * decode_step, + batch-1 determinism runs
     DPO micro-step = S*T * N_mm * K / (PEAK * MFU), N_mm = P_lin + V*h (lm_head matmul),
@@ -79,7 +83,8 @@ B_LIN_BNB_TRANSFORMERS_4BIT = 0.518
 G_H, G_I = 4, 3
 C_H, C_I, C_NOCKPT, C_V = 6, 2, 4, 0.5
 DECODE_LOGIT_BYTES = 6
-S_LAYER = {"4bit": 5.6e-3, "8bit": 18.2e-3, "none": 1.3e-3}
+S_LAYER = {"4bit": 5.6e-3, "8bit": 18.2e-3, "none": 1.3e-3, "none_static": 0.2e-3}
+MIN_STATIC_CACHE = 128  # generate.MIN_CACHE_LEN
 HBM_BW = 3.0e12
 PEAK_FLOPS, MFU = 989e12, 0.25
 UNSLOTH_COMPILE_S = 45.0  # first-step compilation seen at 7B (42 s); a fixed cost per session
@@ -170,6 +175,18 @@ def weights_bytes(s: Shape, cfg: dict, *, training_backend: str | None = None) -
     return s.linear_params * b_lin + s.unquantized_params * emb_bytes
 
 
+def generation_cfg(cfg: dict) -> dict:
+    """The profile as the generation stages see it: gen_quantization's weights, the cache kind."""
+    gq = cfg.get("gen_quantization", "as_train")
+    quant = cfg.get("quantization", "none") if gq in (None, "as_train") else gq
+    cache = cfg.get("gen_cache", "auto")
+    return {**cfg, "quantization": quant, "static_cache": cache == "static" or (cache == "auto" and quant == "none")}
+
+
+def static_cache_tokens(tokens: int) -> int:
+    return max(MIN_STATIC_CACHE, 1 << max(0, tokens - 1).bit_length())
+
+
 def kv_cache_bytes(s: Shape, batch: int, tokens: int, dtype_bytes: int = 2) -> float:
     """2 (K and V) * layers * kv_heads * head_dim * bytes * batch * tokens (windowed layers capped)."""
     full = s.layers - s.sliding_layers
@@ -182,7 +199,7 @@ def generation_bytes(s: Shape, cfg: dict, *, batch: int, prompt: int, new: int, 
     parts = {
         "weights": weights_bytes(s, cfg),
         "lora": s.lora_params(int(cfg.get("lora_r", 16))) * 4 if with_lora else 0.0,
-        "kv_cache": kv_cache_bytes(s, batch, prompt + new),
+        "kv_cache": kv_cache_bytes(s, batch, static_cache_tokens(prompt + new) if cfg.get("static_cache") else prompt + new),
         "prefill": batch * prompt * (G_H * s.hidden + G_I * s.intermediate) * 2,
         "decode_logits": batch * s.vocab * DECODE_LOGIT_BYTES,
         "dequant": s.hidden * max(s.intermediate, s.q) * 2 if cfg.get("quantization", "none") != "none" else 0.0,
@@ -211,7 +228,8 @@ def training_bytes(s: Shape, cfg: dict, *, seq_tokens: int | None = None, backen
 
 def decode_step_s(s: Shape, cfg: dict) -> float:
     quant = cfg.get("quantization", "none")
-    return s.layers * S_LAYER.get(quant, S_LAYER["none"]) + weights_bytes(s, cfg) / HBM_BW
+    key = "none_static" if quant == "none" and cfg.get("static_cache") else quant
+    return s.layers * S_LAYER.get(key, S_LAYER["none"]) + weights_bytes(s, cfg) / HBM_BW
 
 
 def _gen_seconds(s, cfg, n_prompts: int, batch: int, new: int, determinism: int = 0) -> float:
@@ -273,14 +291,16 @@ def estimate(model_config: dict, cfg_values: dict, *, seq_tokens: int | None = N
     """Per stage: {"gib", "parts" (GiB), "seconds", ...}; plus "total_hours"."""
     s = shape_from_config(model_config)
     cfg = dict(cfg_values)
+    gcfg = generation_cfg(cfg)
     out: dict = {}
     for p in _stage_plan(cfg):
-        parts = generation_bytes(s, cfg, batch=p["batch"], prompt=p["prompt"], new=p["new"], with_lora=p["lora"])
+        parts = generation_bytes(s, gcfg, batch=p["batch"], prompt=p["prompt"], new=p["new"], with_lora=p["lora"])
         out[p["stage"]] = {
             "gib": sum(parts.values()) / GIB, "parts": {k: v / GIB for k, v in parts.items()},
             "batch": p["batch"], "prompt_tokens": p["prompt"], "new_tokens": p["new"],
-            "seconds": _gen_seconds(s, cfg, p["prompts"], p["batch"], p["new"], p["determinism"]),
-            "decode_step_s": decode_step_s(s, cfg), "batch_key": "gen_batch_size", "length_key": p["new_key"],
+            "seconds": _gen_seconds(s, gcfg, p["prompts"], p["batch"], p["new"], p["determinism"]),
+            "decode_step_s": decode_step_s(s, gcfg), "quantization": gcfg["quantization"],
+            "static_cache": gcfg["static_cache"], "batch_key": "gen_batch_size", "length_key": p["new_key"],
             "per_batch_bytes": sum(v for k, v in parts.items() if k in ("kv_cache", "prefill", "decode_logits")) / p["batch"],
             "fixed_bytes": sum(v for k, v in parts.items() if k not in ("kv_cache", "prefill", "decode_logits")),
         }
@@ -316,7 +336,9 @@ class Finding:
             return f"{head}; ~{self.seconds / 60:.0f} min"
         if self.suggest is None:
             return f"{head} — even batch 1 does not fit: set quantization: 4bit or use a larger card"
-        return f"{head} — set {self.key}: {self.suggest} (largest that fits) or use a larger card"
+        if self.level == "warn":
+            return f"{head}; little headroom — {self.key}: {self.suggest} stays under {WARN:.0%} of it"
+        return f"{head} — set {self.key}: {self.suggest} (largest under {WARN:.0%} of usable) or use a larger card"
 
 
 def check(model_config: dict, cfg_values: dict, gpu_gib: float) -> list[Finding]:

@@ -128,3 +128,18 @@ def test_bad_inputs_are_one_line_errors():
         pf.check(QWEN32B, profile("gpu-32b"), 0)
     nested = {"model_type": "gemma3", "text_config": GEMMA270M}
     assert pf.estimate(nested, profile("gpu-small"))["02_train"]["gib"] == pf.estimate(GEMMA270M, profile("gpu-small"))["02_train"]["gib"]
+
+
+def test_generation_uses_gen_quantization_and_static_cache():
+    y = profile("gpu-32b")
+    four = pf.estimate(QWEN32B, y)["01_generate"]
+    bf16 = pf.estimate(QWEN32B, {**y, "gen_quantization": "none"})["01_generate"]
+    assert four["quantization"] == "4bit" and not four["static_cache"]
+    assert bf16["quantization"] == "none" and bf16["static_cache"]  # auto + unquantized -> static
+    assert bf16["parts"]["weights"] > 3 * four["parts"]["weights"]
+    # the static cache holds a power-of-two length: >= the dynamic cache of the same batch
+    assert bf16["parts"]["kv_cache"] >= four["parts"]["kv_cache"]
+    assert pf.static_cache_tokens(660) == 1024 and pf.static_cache_tokens(5) == 128
+    # training is unaffected by the generation setting
+    assert pf.estimate(QWEN32B, {**y, "gen_quantization": "none"})["02_train"]["gib"] == pytest.approx(
+        pf.estimate(QWEN32B, y)["02_train"]["gib"])

@@ -1,0 +1,125 @@
+"""The 32B-shape builder (tiny shape, no 4-bit step) and the rehearsal, end to end on CPU."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import build_shape_checkpoint as bsc  # noqa: E402
+import rehearse  # noqa: E402
+
+TINY_RUN = ["quantization=none", "backend=transformers", "gen_batch_size=2", "data_max_new_tokens=4",
+            "eval_max_new_tokens=4", "baseline_max_new_tokens=4", "per_device_batch_size=1",
+            "gradient_accumulation_steps=2", "determinism_sample=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shape") / "tiny"
+    rec = bsc.build("tiny", out, quantize=False, device="cpu")
+    assert rec["quantized"] is None and rec["tokenizer"]["bos"] is None
+    return out
+
+
+def test_tokenizer_is_qwen_like():
+    tok = bsc.qwen_like_tokenizer(4096)
+    assert len(tok) == 4096
+    assert tok.bos_token is None and tok.bos_token_id is None
+    assert tok.eos_token == tok.pad_token == "<|endoftext|>"
+    ids = tok("Name the capital of France in one word.", add_special_tokens=False)["input_ids"]
+    assert 6 <= len(ids) <= 12  # ~1 token per word: trained on the package's own texts
+    assert tok(" w17", add_special_tokens=False)["input_ids"] != []  # fillers decode and re-encode to text
+    assert tok.decode([4000]).startswith(" w")  # a filler id a random model may generate
+    assert tok("x", add_special_tokens=True)["input_ids"] == tok("x", add_special_tokens=False)["input_ids"]
+
+
+def test_built_folder_loads_through_the_package_with_bos_policy_none(tiny_dir):
+    from cai_lib import guard
+    from cai_lib.models import load_base
+
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    assert cfg["model_type"] == "qwen2" and cfg["tie_word_embeddings"] is False
+    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (5, 1)
+    loaded = load_base(str(tiny_dir), dtype="float32")
+    tok = loaded.tokenizer
+    assert loaded.info["bos_policy"] == "none"
+    assert guard.bos_policy(tok)["bos_token_id"] is None
+    # AutoTokenizer picks the qwen2 tokenizer class for this folder; it must encode as the builder's
+    built = bsc.qwen_like_tokenizer(cfg["vocab_size"])
+    text = "Instruction: List three colors.\nResponse: red, green and blue."
+    assert guard.encode_prompts(tok, [text])[0] == built(text, add_special_tokens=False)["input_ids"]
+    assert tok.pad_token_id == tok.eos_token_id == cfg["eos_token_id"]
+    # Qwen's config names <|endoftext|> as bos_token_id too; the guard must still add no BOS
+    assert cfg["bos_token_id"] == cfg["eos_token_id"]
+    with pytest.raises(Exception, match="endoftext"):  # refused as a chat marker / special token
+        guard.encode_prompts(tok, ["hello <|endoftext|> world"])
+
+
+def test_dpo_pair_ends_in_eos_without_bos(tiny_dir):
+    from cai_lib.models import load_base
+    from cai_lib.train import encode_pair
+
+    loaded = load_base(str(tiny_dir), dtype="float32")
+    enc = encode_pair(loaded.tokenizer, {"prompt": "Name a color.", "chosen": "Blue.", "rejected": "Cats."},
+                      leading_space=False)
+    eos = loaded.tokenizer.eos_token_id
+    assert enc["chosen_ids"][-1] == eos and enc["rejected_ids"][-1] == eos
+    assert eos not in enc["prompt_ids"]
+
+
+def test_rehearsal_runs_every_stage_on_cpu(tiny_dir, tmp_path):
+    out = tmp_path / "r.json"
+    argv = ["--model", str(tiny_dir), "--json", str(out), "--dpo-steps", "2", "--batch1-items", "1",
+            "--oom-search", "--oom-max-batch", "4", "--oom-max-train-batch", "1", "--set", *TINY_RUN]
+    assert rehearse.main(argv) == 0
+    res = json.loads(out.read_text())
+    gen, dpo, ev = res["gen"], res["dpo"], res["eval"]
+    assert gen["load"]["bos_policy"] == "none"
+    for k in ("00_baseline", "01_response", "01_critique", "01_revision"):
+        assert gen[k]["n"] == 2 and gen[k]["new_tokens"] == 2 * 4 and gen[k]["s_per_batch"] > 0
+    # the revision frame carries the answer and the critique: the longest prompts of the run
+    assert gen["01_revision"]["prompt_tokens_max"] > gen["01_critique"]["prompt_tokens_max"] > gen["01_response"]["prompt_tokens_max"]
+    assert gen["oom_01_revision"]["oom_batch"] is None and [t["batch"] for t in gen["oom_01_revision"]["tried"]] == [2, 4]
+    d = dpo["02_train"]
+    assert d["steps"] == 2 and len(d["step_s"]) == 2 and d["pairs"]["used"] == 4
+    assert dpo["oom_02_train"]["largest_ok"] == 1
+    assert (tmp_path / "r-run" / "adapter" / "adapter_config.json").is_file()
+    e = ev["03_evaluate"]
+    assert e["n"] == 2 and e["base_new_tokens"] == e["trained_new_tokens"] == 8
+    x = res["extrapolated"]
+    for k in ("00_baseline_s", "01_generate_s", "02_train_s", "03_evaluate_s"):
+        assert x[k] > 0
+    assert x["02_optimizer_steps"] == 1000 // 2 * 2  # gpu-32b: 1000 items / (1 x 2) x 2 epochs
+    assert set(res["preflight"]) >= {"00_baseline", "01_generate", "02_train", "03_evaluate"}
+    assert res["table"].count("\n") == 7  # header, rule, 6 stage rows
+
+
+def test_extrapolation_arithmetic():
+    cfg = rehearse.make_config("gpu-32b", "unused", {})
+    res = {"gen": {"00_baseline": {"s_per_batch": 10.0, "n_prompts_full": 582},
+                   "01_response": {"s_per_batch": 20.0}, "01_critique": {"s_per_batch": 30.0},
+                   "01_revision": {"s_per_batch": 40.0}, "batch1": {"s_per_item": 5.0}},
+           "dpo": {"02_train": {"steady_step_s": 4.0, "first_step_s": 60.0, "setup_s": 32.0, "steps": 2}},
+           "eval": {"03_evaluate": {"s_per_batch": 8.0}, "batch1": {"s_per_item": 6.0}}}
+    x = rehearse.extrapolate(cfg, res)
+    # 00: ceil(582/32)=19 batches + determinism ceil(32/32)=1 batch at 10 s + 32 batch-1 items at 5 s
+    assert x["00_baseline_s"] == 19 * 10 + 10 + 32 * 5
+    # 01: critique_revision, ceil(1000/32)=32 batches per step
+    assert x["01_generate_s"] == 32 * (20 + 30 + 40)
+    # 02: ceil(1000/16)=63 steps x 2 epochs; first step extra; setup 32 s over 2x16 pairs scaled to 1000
+    assert x["02_optimizer_steps"] == 126
+    assert x["02_train_s"] == pytest.approx(126 * 4 + 56 + 1.0 * 1000)
+    # 03: two models x ceil(300/32)=10 batches + determinism 1 batch + 32 batch-1 items
+    assert x["03_evaluate_s"] == 2 * 10 * 8 + 8 + 32 * 6
+    assert x["total_hours"] == pytest.approx(sum(v for k, v in x.items() if k.endswith("_s")) / 3600, abs=1e-3)
+
+
+def test_bad_stage_name_is_one_line():
+    with pytest.raises(SystemExit, match="--stages: unknown 'train'"):
+        rehearse.main(["--model", "x", "--stages", "gen,train"])
