@@ -13,8 +13,10 @@ from .errors import CaiError
 
 
 def _cmd_run(a):
+    from .config import parse_overrides
     from .driver import run_pipeline
-    return run_pipeline(profile=a.profile, run_id=a.run_id, stages=a.stages, strict=a.strict)
+    return run_pipeline(profile=a.profile, run_id=a.run_id, stages=a.stages, strict=a.strict,
+                        overrides=parse_overrides(a.set))
 
 
 def _cmd_score(a):
@@ -37,12 +39,14 @@ def _cmd_stats(a):
 
 def _cmd_eval(a):
     from .evaluate import eval_cli
-    return eval_cli(run_dir=a.run, items=a.items, out_dir=a.output)
+    return eval_cli(run_dir=a.run, items=a.items, out_dir=a.output, force=a.force)
 
 
 def _cmd_train(a):
     # Stage 02 outside the notebooks; several processes go through `accelerate launch`.
     from .train_launch import launch_command, run as train_run
+    if a.num_processes is not None and a.num_processes < 1:
+        raise CaiError(f"--num-processes {a.num_processes}: must be at least 1 (one process per GPU)")
     if a.accelerate_config or (a.num_processes or 1) > 1:
         import subprocess
         cmd = launch_command(a.run, accelerate_config=a.accelerate_config, num_processes=a.num_processes,
@@ -58,9 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="execute the stage notebooks with papermill and render HTML")
-    r.add_argument("--profile", default="cpu-quick", help="profile name in notebooks/params or a YAML path")
-    r.add_argument("--run-id", default="", help="run directory name under $CAI_BASE_DIR/runs (default: new)")
-    r.add_argument("--stages", default="", help="comma list, e.g. 00,01 (default: all present)")
+    r.add_argument("--profile", default=None,
+                   help="profile name in notebooks/params or a YAML path (default: an existing run's own "
+                        "config.json, else cpu-quick)")
+    r.add_argument("--run-id", default="", help="run name under $CAI_BASE_DIR/runs: letters, digits, - _ . "
+                                                 "(default: a new timestamped run)")
+    r.add_argument("--stages", default=None, help="comma list, e.g. 00,01 (default: all)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, validated like a profile value (repeatable)")
     r.add_argument("--strict", action="store_true", help="exit 3 unless the gate verdict is PASS")
     r.set_defaults(func=_cmd_run)
 
@@ -84,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a run's base and trained model on any item file")
     ev.add_argument("--run", required=True)
     ev.add_argument("--items", required=True)
-    ev.add_argument("-o", "--output", default=None)
+    ev.add_argument("-o", "--output", default=None,
+                    help="output folder (default: RUN/evals/<items name>); never inside a run's results/, data/, "
+                         "adapter/ or checkpoints/")
+    ev.add_argument("--force", action="store_true", help="replace results already in the output folder")
     ev.set_defaults(func=_cmd_eval)
 
     tr = sub.add_parser("train", help="run stage 02 (DPO) for a run directory, on one or several processes")
@@ -100,12 +112,24 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
+        sys.stdout.flush()
     except CaiError as exc:
         print(f"cai {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"cai {args.command}: interrupted — rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `cai ... | head` closed the pipe: nothing left to say, and no traceback at exit.
+        import os
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # a full disk, a read-only folder: one line naming the file
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"cai {args.command}: error: {where}{exc.strerror or exc} — free space or fix permissions, then "
+              "rerun the same command", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

@@ -1,46 +1,29 @@
 """`cai run`: execute the stage notebooks with papermill and render each to HTML.
 
-The executed notebook is the report. A stage is skipped when its outputs exist and its
-fingerprint (notebook source, parameters, and the sha256 of its input files) matches the
-one recorded when those outputs were made; stage 02 resumes from its last checkpoint by
-itself when it is rerun after an interruption.
+The executed notebook is the report. The run's full config is written once to
+`config.json`; notebooks read it as it is (the driver passes them only the run id and
+`overwrite=True`). A stage is skipped only when it finished (`stages.finish`), its
+outputs are untouched since, and its fingerprint — notebook source, the parameters it
+declares, and the sha256 of every input file's *content* — matches. The manifest says,
+per stage, why it was skipped or run. Stage 02 resumes from its last checkpoint by itself
+when it is rerun after an interruption.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import manifest
+from . import manifest, stages as stage_state
 from .config import RunConfig, load_profile
 from .errors import CaiError
 from .jsonl import read_json, sha256_file, write_json
-from .runs import PROJECT_ROOT, base_dir, new_run_id, run_paths, runs_root
+from .runs import PROJECT_ROOT, base_dir, check_run_id, new_run_id, run_paths, runs_root
+from .stages import STAGES, Stage
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-
-
-@dataclass(frozen=True)
-class Stage:
-    key: str
-    notebook: str
-    inputs: tuple  # RunPaths attribute names whose files this stage reads
-    outputs: tuple  # RunPaths attribute names (files) this stage must leave behind
-    always: bool = False  # cheap stages that summarise others are always rerun
-
-
-STAGES = [
-    Stage("00", "00_baseline", (), ("baseline",)),
-    Stage("01", "01_generate", (), ("train_instructions", "eval_instructions", "overlap_report", "preference_pairs")),
-    Stage("02", "02_train", ("preference_pairs",), ("training_log", "adapter")),
-    Stage("03", "03_evaluate", ("eval_instructions", "train_instructions", "overlap_report", "adapter"),
-          ("eval_base", "eval_trained")),
-    Stage("04", "04_report", ("baseline", "eval_base", "eval_trained", "training_log"), ("stats", "gate"), always=True),
-]
 
 
 def notebook_parameters(nb_path: Path) -> dict:
@@ -53,31 +36,34 @@ def reports_dir(run_id: str) -> Path:
     return base_dir() / "reports" / run_id
 
 
-def _hash_path(p: Path) -> str:
-    if p.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(x for x in p.rglob("*") if x.is_file()):
-            h.update(str(f.relative_to(p)).encode())
-            h.update(sha256_file(f).encode())
-        return h.hexdigest()
-    return sha256_file(p) if p.exists() else "missing"
+def fingerprint(stage: Stage, nb_path: Path, params: dict, cfg, paths) -> dict:
+    """What decides a stage's results: notebook source, its parameters, its input files' content."""
+    return {"notebook": sha256_file(nb_path), "params": json.loads(json.dumps(params, default=str)),
+            "inputs": stage_state.hashes(stage_state.input_files(stage, cfg, paths))}
 
 
-def fingerprint(stage: Stage, nb_path: Path, params: dict, paths) -> str:
-    h = hashlib.sha256()
-    h.update(sha256_file(nb_path).encode())
-    h.update(json.dumps(params, sort_keys=True, default=str).encode())
-    for name in stage.inputs:
-        h.update(f"{name}:{_hash_path(getattr(paths, name))}".encode())
-    return h.hexdigest()
-
-
-def _outputs_present(stage: Stage, paths) -> bool:
-    for name in stage.outputs:
-        p = getattr(paths, name)
-        if not p.exists() or (p.is_dir() and not any(p.iterdir())):
-            return False
-    return True
+def _why_run(stage: Stage, fp: dict, prev: dict, problem: str | None) -> str | None:
+    """None when the stage is up to date; else the reason it must run, in a few words."""
+    if stage.always:
+        return "always rerun (cheap summary of the other stages)"
+    if not prev:
+        return "never ran"
+    if problem:
+        return problem
+    old = prev.get("fingerprint")
+    if not isinstance(old, dict):
+        return "no fingerprint recorded"
+    if old.get("notebook") != fp["notebook"]:
+        return "notebook changed"
+    changed = sorted(k for k in set(fp["params"]) | set(old.get("params", {}))
+                     if fp["params"].get(k) != old.get("params", {}).get(k))
+    if changed:
+        return "parameters changed: " + ", ".join(changed)
+    changed = sorted(k for k in set(fp["inputs"]) | set(old.get("inputs", {}))
+                     if fp["inputs"].get(k) != old.get("inputs", {}).get(k))
+    if changed:
+        return "inputs changed: " + ", ".join(changed)
+    return None
 
 
 def _render_html(executed: Path) -> Path:
@@ -92,16 +78,45 @@ def _render_html(executed: Path) -> Path:
     return out
 
 
-def _select(stages: str) -> list[Stage]:
+def _select(stages: str | None) -> list[Stage]:
     present = [s for s in STAGES if (NOTEBOOK_DIR / f"{s.notebook}.ipynb").exists()]
-    if not stages:
+    if stages is None or stages == "":
         return present
-    wanted = [x.strip() for x in stages.split(",") if x.strip()]
+    wanted = [x.strip() for x in stages.split(",")]
     known = {s.key: s for s in present}
+    if not any(wanted) or any(not w for w in wanted):
+        raise CaiError(f"--stages {stages!r}: name stages separated by commas, e.g. --stages 00,01 "
+                       f"(choose from {sorted(known)}), or leave it out for all")
     bad = [w for w in wanted if w not in known]
     if bad:
         raise CaiError(f"--stages: unknown stage {bad[0]!r} — choose from {sorted(known)}")
-    return [known[w] for w in wanted]
+    if len(set(wanted)) != len(wanted):
+        raise CaiError(f"--stages {stages!r}: a stage is named twice — name each once")
+    return [known[k] for k in sorted(wanted)]  # always in pipeline order
+
+
+def _config_for(profile: str | None, overrides: dict, paths) -> tuple[RunConfig, str]:
+    """The run's config: an explicit profile, else the existing run's config.json, else cpu-quick;
+    `--set` overrides on top. Validated in full before anything is written or loaded."""
+    if profile is None and paths.config.exists():
+        values = read_json(paths.config)
+        source = f"{paths.config} (the run's own config)"
+        label = "(the run's config.json)"
+    else:
+        label = profile or "cpu-quick"
+        values = load_profile(label)
+        source = f"profile {label}"
+    if overrides:
+        source += " with --set"
+    return RunConfig.from_mapping({**values, **overrides}, source=source), label
+
+
+def _safe_update_stage(run_dir, key: str, **fields) -> None:
+    """Record a stage's failure even when the disk is full: one line instead of a second traceback."""
+    try:
+        manifest.update_stage(run_dir, key, **fields)
+    except (OSError, CaiError) as exc:
+        print(f"  (could not record stage {key} as {fields.get('status')} in the manifest: {exc})", flush=True)
 
 
 def _stage_error(stage: Stage, exc, executed: Path) -> CaiError:
@@ -114,54 +129,57 @@ def _stage_error(stage: Stage, exc, executed: Path) -> CaiError:
                     f"full traceback in {executed}; fix and rerun the same command to resume")
 
 
-def run_pipeline(profile: str = "cpu-quick", run_id: str = "", stages: str = "", strict: bool = False) -> int:
-    import os
-
+def run_pipeline(profile: str | None = None, run_id: str = "", stages: str | None = None, strict: bool = False,
+                 overrides: dict | None = None) -> int:
     import papermill as pm
 
     # Batch runs write progress bars into the report: a few lines, not hundreds, and no
     # widget warning (the HTML is static, widgets would not render anyway).
     os.environ.setdefault("TQDM_MININTERVAL", "30")
     os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")
-    values = load_profile(profile)
-    cfg = RunConfig.from_mapping(values, source=f"profile {profile}")
-    selected = _select(stages)  # validate everything before anything is written
-    run_id = run_id or new_run_id()
+    # Validate everything before anything is written: run id, stages, profile, overrides.
+    run_id = check_run_id(run_id) if run_id else new_run_id()
+    selected = _select(stages)
     run_dir = runs_root() / run_id
     paths = run_paths(run_dir)
+    cfg, label = _config_for(profile, overrides or {}, paths)
+    previous = read_json(paths.config) if paths.config.exists() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(paths.config, cfg.to_dict())
     out_dir = reports_dir(run_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest.snapshot(run_dir, cfg.to_dict())
-    manifest.update(run_dir, run={"run_id": run_id, "profile": profile, "run_dir": str(run_dir),
+    manifest.update(run_dir, run={"run_id": run_id, "profile": label, "run_dir": str(run_dir),
                                   "reports": str(out_dir)})
-    print(f"cai run: profile {profile}, run {run_id}\n  run directory: {run_dir}\n  reports: {out_dir}")
+    print(f"cai run: profile {label}, run {run_id}\n  run directory: {run_dir}\n  reports: {out_dir}")
+    if previous is not None:
+        changed = sorted(k for k, v in cfg.to_dict().items() if previous.get(k, v) != v)
+        if changed:
+            print(f"  config changed since this run last ran: {', '.join(changed)} (stages using them rerun)")
 
-    record = manifest.load(run_dir).get("stages", {})
     for stage in selected:
         nb_path = NOTEBOOK_DIR / f"{stage.notebook}.ipynb"
-        declared = notebook_parameters(nb_path)
-        params = {k: v for k, v in cfg.to_dict().items() if k in declared}
-        params["run_id"] = run_id
-        fp = fingerprint(stage, nb_path, params, paths)
-        prev = record.get(stage.key, {})
-        if not stage.always and prev.get("fingerprint") == fp and prev.get("status") == "done" \
-                and _outputs_present(stage, paths):
+        params = stage_state.stage_params(stage, cfg, notebook_parameters(nb_path))
+        fp = fingerprint(stage, nb_path, params, cfg, paths)
+        prev = manifest.load(run_dir).get("stages", {}).get(stage.key, {})
+        why = _why_run(stage, fp, prev, stage_state.problem(run_dir, stage.key, cfg) if prev else None)
+        if why is None:
+            manifest.update_stage(run_dir, stage.key, decision="skipped: up to date")
             print(f"  stage {stage.key} {stage.notebook}: up to date, skipped")
             continue
         executed = out_dir / f"{stage.notebook}.ipynb"
-        print(f"  stage {stage.key} {stage.notebook}: running …", flush=True)
+        print(f"  stage {stage.key} {stage.notebook}: running ({why}) …", flush=True)
         t0 = time.time()
-        manifest.update_stage(run_dir, stage.key, status="running", started=time.time())
+        manifest.update_stage(run_dir, stage.key, status="running", started=t0, decision=f"run: {why}",
+                              outputs=None)
         try:
-            pm.execute_notebook(str(nb_path), str(executed), parameters=params, kernel_name="python3",
-                                cwd=str(NOTEBOOK_DIR), progress_bar=False,
+            pm.execute_notebook(str(nb_path), str(executed), parameters={"run_id": run_id, "overwrite": True},
+                                kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False,
                                 # CAI_NOTEBOOK_LOG=1 streams cell output (progress bars) to this console:
                                 # the only view into a long stage on a remote machine
                                 log_output=os.environ.get("CAI_NOTEBOOK_LOG") == "1")
         except Exception as exc:  # papermill wraps the kernel's exception
-            manifest.update_stage(run_dir, stage.key, status="failed", seconds=round(time.time() - t0, 1))
+            _safe_update_stage(run_dir, stage.key, status="failed", seconds=round(time.time() - t0, 1))
             if executed.exists():
                 try:
                     _render_html(executed)
@@ -170,20 +188,27 @@ def run_pipeline(profile: str = "cpu-quick", run_id: str = "", stages: str = "",
             raise _stage_error(stage, exc, executed) from None
         html = _render_html(executed)
         seconds = round(time.time() - t0, 1)
-        if not _outputs_present(stage, paths):
-            missing = [n for n in stage.outputs if not getattr(paths, n).exists()]
-            raise CaiError(f"stage {stage.key} ({stage.notebook}) finished but did not write {missing} — see {html}")
-        manifest.update_stage(run_dir, stage.key, status="done", fingerprint=fp, seconds=seconds, report=str(html))
+        status = manifest.load(run_dir).get("stages", {}).get(stage.key, {}).get("status")
+        if status != "done":
+            _safe_update_stage(run_dir, stage.key, seconds=seconds, report=str(html))
+            if status == "dry_run":
+                print(f"  stage {stage.key} {stage.notebook}: dry run, nothing written (not marked done) → {html}")
+                continue
+            raise CaiError(f"stage {stage.key} ({stage.notebook}) ended without recording itself as finished "
+                           f"(status {status!r}) — see {html}")
+        manifest.update_stage(run_dir, stage.key, fingerprint=fp, seconds=seconds, report=str(html))
         print(f"  stage {stage.key} {stage.notebook}: done in {seconds:.0f} s → {html}", flush=True)
 
     manifest.update(run_dir, files=manifest.file_hashes(run_dir))
     verdict = None
-    if paths.gate.exists():
+    if paths.gate.exists() and stage_state.problem(run_dir, "04", cfg) is None:
         gate = read_json(paths.gate)
         verdict = gate.get("verdict")
         print(f"gate verdict: {verdict}")
         for reason in gate.get("reasons", []):
             print(f"  - {reason}")
+    elif paths.gate.exists():
+        print(f"gate: not current (stage 04 {stage_state.problem(run_dir, '04', cfg)}) — run --stages 04")
     print(f"report: {out_dir}")
     if strict and verdict != "PASS":
         return 3

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import manifest, scoring
+from .guard import guard_report
 from .errors import CaiError
 from .items import load_items
 from .jsonl import write_json, write_jsonl
@@ -68,7 +69,7 @@ def run_evaluation(cfg, paths, *, progress: bool = True, generate_fn=None) -> di
             "backend": loaded.backend, "adapter": str(paths.adapter),
             "decoding": {"do_sample": False, "max_new_tokens": cfg.eval_max_new_tokens,
                          "batch_size": cfg.gen_batch_size, "stop_strings": None},
-            "memory_start": mem_start, "memory_loaded": manifest.memory_now()}
+            "memory_start": mem_start, "memory_loaded": manifest.memory_now(), "guard": guard_report(loaded)}
     if cfg.dry_run:
         plan["dry_run"] = True
         print(f"dry run: would evaluate {len(items)} items × 2 models; nothing generated")
@@ -94,8 +95,42 @@ def _count_types(items):
     return out
 
 
-def eval_cli(run_dir, items, out_dir=None) -> int:
-    """`cai eval --run RUN_DIR --items ITEMS.jsonl [-o OUT_DIR]`."""
+PROTECTED = ("results", "data", "adapter", "checkpoints")  # a run's own stage outputs
+
+
+def check_output_dir(out: Path, run_dir: Path, force: bool = False) -> Path:
+    """Where `cai eval` may write: never into a run's stage folders, never over earlier
+    results unless `force`; created (and so proven writable) before any generation."""
+    from .runs import runs_root
+    out = Path(out).resolve()
+    roots = {Path(run_dir).resolve()}
+    if runs_root().exists():
+        roots |= {p.resolve() for p in runs_root().iterdir() if p.is_dir()}
+    for root in roots:
+        for sub in PROTECTED:
+            guarded = root / sub
+            if out == guarded or guarded in out.parents:
+                raise CaiError(f"-o {out}: inside a run's {sub}/ folder, which holds that run's own stage outputs "
+                               f"— choose another folder (default: {Path(run_dir) / 'evals'}/<items name>)")
+    if out.exists() and not out.is_dir():
+        raise CaiError(f"-o {out}: is an existing file — pass a folder (it will hold eval_base.jsonl, "
+                       "eval_trained.jsonl and stats.json)")
+    taken = [n for n in ("eval_base.jsonl", "eval_trained.jsonl", "stats.json") if (out / n).exists()]
+    if taken and not force:
+        raise CaiError(f"-o {out}: already holds {', '.join(taken)} from an earlier evaluation — pass --force to "
+                       "replace them, or choose another folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".cai-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CaiError(f"-o {out}: cannot write there ({exc.strerror}) — choose a writable folder") from None
+    return out
+
+
+def eval_cli(run_dir, items, out_dir=None, force: bool = False) -> int:
+    """`cai eval --run RUN_DIR --items ITEMS.jsonl [-o OUT_DIR] [--force]`."""
     import json
 
     from . import config
@@ -107,12 +142,15 @@ def eval_cli(run_dir, items, out_dir=None) -> int:
     if not run_dir.is_dir():
         raise CaiError(f"{run_dir}: run directory not found — pass a folder under $CAI_BASE_DIR/runs")
     paths = run_paths(run_dir)
+    if not paths.config.exists():
+        raise CaiError(f"{run_dir}: no config.json — pass a run directory made by `cai run`")
     if not paths.train_instructions.exists():
         raise CaiError(f"{paths.train_instructions}: missing — run stage 01 for this run (the leakage check needs it)")
     cfg = config.resolve(run_dir, {})
     eval_items = load_items(items)
     if not eval_items:
         raise CaiError(f"{items}: no items — the eval set is empty")
+    out = check_output_dir(Path(out_dir) if out_dir else run_dir / "evals" / Path(items).stem, run_dir, force)
     leaks = find_leaks(load_items(paths.train_instructions), eval_items, all_fewshot_instructions())
     if leaks:
         first = leaks[0]
@@ -120,7 +158,6 @@ def eval_cli(run_dir, items, out_dir=None) -> int:
                        f"(first: {first.get('eval_id')}) — remove them and rerun", exit_code=2)
     loaded, model = load_models(cfg, paths)
     base, trained, timing = generate_both(model, loaded.tokenizer, eval_items, cfg)
-    out = Path(out_dir) if out_dir else run_dir / "results" / f"eval_{Path(items).stem}"
     write_jsonl(out / "eval_base.jsonl", base)
     write_jsonl(out / "eval_trained.jsonl", trained)
     stats = stats_records(base, trained, field=cfg.gate_field, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap,

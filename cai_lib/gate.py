@@ -5,7 +5,8 @@ Verdicts:
 * `PASS` — every condition holds: trained rate >= target, McNemar p < alpha with the
   trained model *above* the base (a significant drop must not pass), the base model
   was below the target on raw instructions, no eval item leaked into training or the
-  few-shot bank, and the contamination guard held (no chat template reached a prompt).
+  few-shot bank, and the contamination guard held (stage 03 recorded guard evidence showing no chat
+  template on the tokenizer it evaluated with; chat markers in a prompt stop generation).
 * `NO_GAP` — the base model already reaches the target on raw instructions. This wins
   over every other outcome, because such an eval set cannot show that training taught
   anything: passing would approve an adapter for work the base already does, and
@@ -64,7 +65,8 @@ def gate_verdict(stats: dict, *, target: float = 0.95, alpha: float = 0.01, leak
             "unmet": "eval items leak into the training data or few-shot bank (see data/overlap_report.json)"},
         "guard_held": {
             "value": guard_held, "required": True, "met": guard_held,
-            "unmet": "the contamination guard did not hold (a chat template or sentinel reached the model)"},
+            "unmet": ("no guard evidence shows the evaluated model free of a chat template (stage 03 records "
+                      "guard.guard_report in the manifest) — rerun stage 03")},
     }
     reasons = [c["unmet"] for c in conditions.values() if not c["met"]]
     if not conditions["base_below_target"]["met"]:

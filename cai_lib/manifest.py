@@ -121,12 +121,6 @@ def update_stage(run_dir, stage: str, **fields) -> dict:
     return update(run_dir, stages={stage: {**stages.get(stage, {}), **fields}})
 
 
-def record_stage(run_dir, stage: str, **info) -> dict:
-    """Called by a stage notebook at its end: its own facts (settings, memory, counts)."""
-    info.setdefault("memory", memory_now())
-    return update_stage(run_dir, stage, **info)
-
-
 def snapshot(run_dir, config: dict) -> dict:
     """The environment part of the manifest (written by `cai run` and by stage 04)."""
     return update(run_dir, config=config, seeds={"seed": config.get("seed")}, versions=library_versions(),

@@ -181,8 +181,10 @@ def model_bar_chart(rates_df):
     return fig
 
 
-def build_report(run_dir, cfg) -> dict:
-    """Everything stage 04 shows; writes results/stats.json, gate.json, spot_check.csv."""
+def build_report(run_dir, cfg, *, write: bool = True) -> dict:
+    """Everything stage 04 shows; with `write`, also writes results/stats.json, gate.json,
+    spot_check.csv and the manifest's approval (a notebook opened on a finished run shows
+    the figures without rewriting them)."""
     from . import manifest
     from .gate import gate_verdict
     from .leakage import report_is_clean
@@ -198,13 +200,14 @@ def build_report(run_dir, cfg) -> dict:
     stats = {f: stats_records(base, trained, field=f, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap,
                             alpha=cfg.gate_alpha)
              for f in FIELDS}
-    write_json(paths.stats, {"gate_field": cfg.gate_field, **stats})
     overlap = read_json(paths.overlap_report)
     guard_held = _guard_held(run_dir)
     gate = gate_verdict(stats[cfg.gate_field], target=cfg.gate_target, alpha=cfg.gate_alpha,
                         leakage_clean=report_is_clean(overlap), guard_held=guard_held, field=cfg.gate_field)
-    write_json(paths.gate, gate)
-    manifest.update(run_dir, approval={"adapter_approved": gate["verdict"] == "PASS", "verdict": gate["verdict"]})
+    if write:
+        write_json(paths.stats, {"gate_field": cfg.gate_field, **stats})
+        write_json(paths.gate, gate)
+        manifest.update(run_dir, approval={"adapter_approved": gate["verdict"] == "PASS", "verdict": gate["verdict"]})
 
     rates = []
     for name, recs in (("base", base), ("trained", trained)):
@@ -218,7 +221,8 @@ def build_report(run_dir, cfg) -> dict:
     rates = pd.concat(rates, ignore_index=True)
     rates = rates[["model", "type"] + [c for c in rates.columns if c not in ("model", "type")]]
 
-    write_spot_check(base, trained, paths.spot_check, n=cfg.spot_check_n, seed=cfg.seed)
+    if write or not paths.spot_check.exists():
+        write_spot_check(base, trained, paths.spot_check, n=cfg.spot_check_n, seed=cfg.seed)
     spot = spot_check_agreement(paths.spot_check, field=cfg.gate_field)
 
     trained_by_id = {r["id"]: r for r in trained}
@@ -233,12 +237,14 @@ def build_report(run_dir, cfg) -> dict:
 
 
 def _guard_held(run_dir) -> bool:
-    """False when the guard report recorded by stage 00 shows a chat template still on the
-    tokenizer. Every prompt is checked for chat markers before generation (guard.check_prompts
-    raises), so a finished stage 03 already means no marked prompt reached either model."""
+    """The gate's guard condition, from the evidence stage 03 recorded when it loaded the
+    model it evaluated (guard.guard_report). Held only when that evidence exists and shows
+    no chat template left on the tokenizer; missing evidence (stage 03 never finished, or
+    an older version did not record it) is not held. Chat markers in prompts cannot pass
+    silently: guard.check_prompts raises before generation, so stage 03 could not finish."""
     from . import manifest
-    g = manifest.load(run_dir).get("stages", {}).get("00", {}).get("guard")
-    return not (isinstance(g, dict) and g.get("chat_template_now"))
+    g = manifest.load(run_dir).get("stages", {}).get("03", {}).get("guard")
+    return isinstance(g, dict) and g.get("chat_template_now") is False and bool(g.get("chat_markers_checked"))
 
 
 def vs_baseline_frame(paths, trained: list[dict], field: str):
@@ -308,12 +314,12 @@ def examples_frame(result: dict, kind: str, n: int = 5):
                           "trained_failures": ", ".join(t.get("failures", []))} for b, t in rows[:n]])
 
 
-def manifest_view(run_dir):
+def manifest_view(run_dir, *, write: bool = True):
     from . import manifest
     from .runs import run_paths
     from .jsonl import sha256_file
     paths = run_paths(run_dir)
-    m = manifest.update(run_dir, files=manifest.file_hashes(run_dir))
+    m = manifest.update(run_dir, files=manifest.file_hashes(run_dir)) if write else manifest.load(run_dir)
     return {
         "run": m.get("run"), "config": m.get("config"), "seeds": m.get("seeds"),
         "eval_set": {"path": str(paths.eval_instructions),

@@ -8,13 +8,13 @@ import papermill as pm
 import pytest
 import yaml
 
-from cai_lib.config import RunConfig, load_profile
+from cai_lib.config import RunConfig, coerce, load_profile
 from cai_lib.errors import CaiError
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PROFILES = sorted((ROOT / "notebooks" / "params").glob("*.yaml"))
-NOT_CONFIG = {"run_id"}
+NOT_CONFIG = {"run_id", "overwrite"}
 
 
 def params_of(nb):
@@ -42,15 +42,24 @@ def test_every_parameter_line_parses(nb):
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_parameters_are_config_fields_with_cpu_quick_defaults(nb):
+def test_notebook_parameters_are_config_fields_that_default_to_the_run(nb):
+    """A notebook opened on a finished run must use that run's config.json exactly: every
+    config parameter defaults to None ("take it from the run"), never to a profile's value."""
     defaults = RunConfig().to_dict()
-    for name, spec in params_of(nb).items():
+    params = params_of(nb)
+    assert params["run_id"]["default"] == '""' and params["overwrite"]["default"] == "False"
+    for name, spec in params.items():
         if name in NOT_CONFIG:
             continue
         assert name in defaults, f"{nb.name}: parameter {name} is not a RunConfig field"
-        value = eval(spec["default"])  # literal defaults written in the parameters cell
-        assert value == defaults[name], f"{nb.name}: {name} default {value!r} != RunConfig {defaults[name]!r}"
+        assert spec["default"] == "None", f"{nb.name}: {name} defaults to {spec['default']}, not None"
         assert spec["help"], f"{nb.name}: parameter {name} has no comment"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_run_it_line_names_the_run(nb):
+    first = "".join(json.loads(nb.read_text())["cells"][0]["source"])
+    assert "--run-id" in first and "--profile cpu-quick --stages" not in first
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
@@ -62,11 +71,12 @@ def test_every_profile_key_is_a_notebook_parameter(profile):
     load_profile(str(profile))  # values valid too
 
 
-def test_cpu_quick_profile_matches_config_defaults():
-    values = load_profile("cpu-quick")
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_profiles_state_only_what_differs_from_the_defaults(profile):
+    values = load_profile(str(profile))
     defaults = RunConfig().to_dict()
-    for k, v in values.items():
-        assert defaults[k] == v, f"cpu-quick {k}={v!r} but RunConfig default is {defaults[k]!r}"
+    same = sorted(k for k, v in values.items() if coerce(k, v) == defaults[k])
+    assert not same, f"{profile.name} repeats RunConfig defaults: {same}"
 
 
 def test_unknown_profile_and_unknown_key_are_one_line_errors(tmp_path):

@@ -38,6 +38,12 @@ def test_cai_run_end_to_end_tiny(tmp_path, tiny_model_dir, capsys):
     write_jsonl(paths.preference_pairs, [
         {"prompt": it["instruction"], "chosen": "Paris.", "rejected": "Paris is is is is", "item_id": it["id"],
          "type": it["type"], "strategy": "test"} for it in train])
+    # Replacing a finished stage's output is refused downstream unless it is recorded: the
+    # manifest then holds the supplied file's hash and says where it came from.
+    from cai_lib import stages
+    from cai_lib.config import resolve
+    run_dir = runs_root() / "t1"
+    stages.finish(run_dir, "01", resolve(run_dir, {}), note="preference pairs supplied by the test")
     assert main(["run", "--profile", str(profile), "--run-id", "t1", "--stages", "02,03,04"]) == 0
     out = capsys.readouterr().out
     assert "gate verdict:" in out
