@@ -122,18 +122,27 @@ def compiles_decoding(model) -> bool:
     return quantizer is None or bool(getattr(quantizer, "is_compileable", False))
 
 
-def pick_cache(model, requested: str = "auto") -> tuple[str, str]:
+# Decoding steps one compiled shape must save before its compilation has paid for itself
+# (H200, Gemma 3 270M bf16, transformers 5.17, issue 13): compiling took 42-50 s per shape
+# and saved 26.1 ms per step at batch 64 (29.6 -> 3.5) and 30.2 ms at 256 (36.1 -> 5.9):
+# 45 s / 26.1 ms ~ 1,700 steps.
+STATIC_MIN_STEPS = 1700
+CPU_MEASURE = ("auto: CPU, dynamic measured faster (2 cores, embedded 270M fp32: static took 2-3x the "
+               "time per step; reports/benchmarks.md)")
+
+
+def pick_cache(model, requested: str = "auto", *, decode_steps: int | None = None,
+               shapes: int = 1) -> tuple[str, str]:
     """(cache kind, why) for this model on its device.
 
     auto, as measured:
-    - CUDA, unquantized: static. H200, Gemma 3 270M bf16, 64 new tokens, transformers 5.17
-      (issue 13, 2026-12-02): 3.5 vs 29.6 ms per step at batch 64 and 5.9 vs 36.1 at 256,
-      after a one-off compilation of 42-50 s per shape (bucketing keeps shapes few).
+    - CUDA, unquantized: static when the call decodes enough steps to pay for compiling its
+      shapes (decode_steps >= shapes * STATIC_MIN_STEPS; None = assume it does), else dynamic.
     - CUDA, bitsandbytes 4/8-bit: dynamic. transformers does not compile these models, so a
       static cache keeps the launch overhead that makes small-model decoding slow and adds
-      padding work; not measured on a GPU yet (the device budget ran out).
-    - CPU: dynamic. Nothing is compiled on CPU; measured on 2 cores (reports/benchmarks.md,
-      CPU_MEASURE below).
+      padding work (not measured on a GPU: the device budget ran out).
+    - CPU: dynamic. Nothing is compiled on CPU, and static measured slower (CPU_MEASURE).
+    Explicit "static"/"dynamic" are honoured as asked.
     """
     if requested not in GEN_CACHES:
         raise CaiError(f"unknown gen_cache {requested!r}; use one of {', '.join(GEN_CACHES)}")
@@ -152,10 +161,10 @@ def pick_cache(model, requested: str = "auto") -> tuple[str, str]:
     if quant or not compiles_decoding(model):
         return "dynamic", (f"auto: {quant or 'this'} model is not compiled by transformers, so a static cache "
                            "saves no launch overhead (not measured on a GPU)")
-    return "static", "auto: CUDA, compiled static cache (H200: 8.5x fewer ms per step at batch 64)"
-
-
-CPU_MEASURE = "auto: CPU, dynamic measured faster (see reports/benchmarks.md)"
+    if decode_steps is not None and decode_steps < shapes * STATIC_MIN_STEPS:
+        return "dynamic", (f"auto: {decode_steps} decoding steps do not pay for compiling {shapes} shape(s) "
+                           f"(~{STATIC_MIN_STEPS} steps each, H200 measurement)")
+    return "static", "auto: CUDA, compiled static cache (H200: 3.5 vs 29.6 ms per step at batch 64)"
 
 
 def batch_bucket(rows: int, batch_size: int) -> int:
@@ -203,6 +212,7 @@ def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: 
     new = out[:, width:].tolist()
     if stats is not None:
         steps = out.shape[1] - width  # decoding steps this batch ran: every row pays each one
+        stats["steps"] += steps
         stats["row_steps"] += len(rows) * steps
         stats["padded_rows"] += len(rows) - n_real
         # transformers never shrinks a model's static cache (5.17 and 5.24 keep the longest
@@ -259,8 +269,10 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
         raise CaiError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size < 1:
         raise CaiError(f"batch_size must be >= 1, got {batch_size}")
-    kind, why = pick_cache(model, cache)
     prompts = list(prompts)
+    full, rest = divmod(len(prompts), batch_size)
+    kind, why = pick_cache(model, cache, decode_steps=(full + (rest > 0)) * max_new_tokens,
+                           shapes=1 + (full > 0 and rest > 0))
     encoded = guard.encode_prompts(tokenizer, prompts)
     for i, ids in enumerate(encoded):
         if not ids:
@@ -269,7 +281,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
     pad = _pad_id(tokenizer, eos)
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
     results: list[dict | None] = [None] * len(prompts)
-    stats = {"row_steps": 0, "padded_rows": 0, "shapes": set()}
+    stats = {"steps": 0, "row_steps": 0, "padded_rows": 0, "shapes": set()}
     fallback = None
     bs = batch_size
     pos = 0
@@ -317,7 +329,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
         info.update({"cache": kind, "cache_reason": why, "fallback": fallback,
                      "compiled": kind == "static" and compiles_decoding(model),
                      "shapes": sorted(stats["shapes"]), "batch_size": bs, "padded_rows": stats["padded_rows"],
-                     "row_steps": stats["row_steps"], "new_tokens": kept,
+                     "steps": stats["steps"], "row_steps": stats["row_steps"], "new_tokens": kept,
                      "row_step_use": kept / stats["row_steps"] if stats["row_steps"] else float("nan")})
     return results  # type: ignore[return-value]
 

@@ -310,6 +310,12 @@ class _FakeCuda:
 
 def test_pick_cache_on_cuda_static_unless_bitsandbytes():
     assert gen.pick_cache(_FakeCuda(), "auto")[0] == "static"
+    # compilation must pay for itself: too few steps for the shapes it would compile -> dynamic
+    n = gen.STATIC_MIN_STEPS
+    assert gen.pick_cache(_FakeCuda(), "auto", decode_steps=n, shapes=1)[0] == "static"
+    kind, why = gen.pick_cache(_FakeCuda(), "auto", decode_steps=2 * n - 1, shapes=2)
+    assert kind == "dynamic" and "do not pay" in why
+    assert gen.pick_cache(_FakeCuda(), "static", decode_steps=1) == ("static", "requested")
     assert gen.compiles_decoding(_FakeCuda())
     for bits in ("4bit", "8bit"):
         kind, why = gen.pick_cache(_FakeCuda(bits), "auto")
@@ -330,7 +336,7 @@ def _static_breaks(model):
 def test_auto_falls_back_to_dynamic_when_static_fails(lm, tok, monkeypatch):
     ref = gen.generate(lm, tok, PROMPTS, max_new_tokens=4, batch_size=2, progress=False, cache="dynamic")
     _static_breaks(lm)
-    monkeypatch.setattr(gen, "pick_cache", lambda model, requested: ("static", "test: as on CUDA"))
+    monkeypatch.setattr(gen, "pick_cache", lambda model, requested, **kw: ("static", "test: as on CUDA"))
     info = {}
     recs = gen.generate(lm, tok, PROMPTS, max_new_tokens=4, batch_size=2, progress=False, cache="auto", info=info)
     assert info["cache"] == "dynamic" and info["fallback"] == "static cache not supported (simulated)"
@@ -418,10 +424,10 @@ def test_generation_quantization_follows_the_knob():
 def test_cuda_static_compiles_and_matches_dynamic(tok):
     model = tiny_model(tok).to("cuda")
     assert gen.pick_cache(model, "auto")[0] == "static"
-    prompts = PROMPTS * 3
+    prompts = PROMPTS * 3  # too few steps for auto to compile: ask for static
     dyn = gen.generate(model, tok, prompts, max_new_tokens=6, batch_size=4, progress=False, cache="dynamic")
     info = {}
-    sta = gen.generate(model, tok, prompts, max_new_tokens=6, batch_size=4, progress=False, cache="auto", info=info)
+    sta = gen.generate(model, tok, prompts, max_new_tokens=6, batch_size=4, progress=False, cache="static", info=info)
     assert info["cache"] == "static" and info["compiled"] and info["fallback"] is None
     assert info["shapes"] == [(4, 128)]  # 15 prompts at batch 4: the last 3 padded to 4, one shape
     assert [r["response"] for r in sta] == [r["response"] for r in dyn]  # fp32: same greedy text

@@ -6,6 +6,8 @@
 #   dpo     DPO step: TRL+PEFT QLoRA vs Unsloth, 1.5B and 7B shapes, same card, one invocation
 #   compile Unsloth compile on vs UNSLOTH_COMPILE_DISABLE=1 at two run lengths (270M shape)
 #   gputest pytest tests/test_gpu.py
+#   decode  decoding speed + certificate, dynamic vs static cache, batch 1/64/256, real embedded 270M
+#           in bf16, then 4-bit (needs .carry/m1..m4 + .carry/small staged and .whl/g1 installed)
 set -o pipefail
 source scripts/device/env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -64,6 +66,14 @@ for f in sorted(glob.glob(sys.argv[1] + "/compile_*_*.json")):
 json.dump(rows, open(sys.argv[1] + "/bench_unsloth_compile.json", "w"), indent=1)
 PY
       rm -f "$OUT"/compile_*_*.json
+      ;;
+    decode)
+      bash scripts/device/rebuild.sh || exit 2
+      python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_bf16.json" --quantizations none \
+        --batch-sizes ${DECODE_BATCHES:-1,64,256} --cert-caches static --cert-sample ${CERT_SAMPLE:-64} 2>&1 \
+        | grep -v -i warn | tee "$OUT/decoding.log"
+      [ "${DECODE_4BIT:-1}" = 1 ] && python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_4bit.json" \
+        --quantizations 4bit --batch-sizes 64,256 --cert-sample 0 2>&1 | grep -v -i warn | tee -a "$OUT/decoding.log"
       ;;
     gputest)
       # every CUDA-marked test: tests/test_gpu.py and the three training backends of tests/test_train.py

@@ -6,21 +6,12 @@
 set -o pipefail
 source scripts/device/env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export CAI_BASE_DIR=${CAI_BASE_DIR:-/tmp/cai}
 # gpu-small trains a few hundred short steps: Unsloth's compilation (~80 s extra once) does not
 # pay off below ~450 steps of this shape (reports/benchmarks.md).
 export UNSLOTH_COMPILE_DISABLE=${UNSLOTH_COMPILE_DISABLE:-1}
 export CAI_NOTEBOOK_LOG=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-20}  # progress lines in the call's output
 RUN_ID=${RUN_ID:-gpu-small-h100}
-FOLDER=${CAI_MODEL_CACHE:-$CAI_BASE_DIR/models}/gemma-3-270m-pt  # embedded.model_cache_dir()'s rule
-if [ ! -f "$FOLDER/cai_conversion.json" ]; then
-  read -r SHA NAME < /tmp/model-small/gguf.sha256
-  mkdir -p /tmp/gguf && cat /tmp/model-parts/*.gguf.part* > "/tmp/gguf/$NAME"
-  echo "$SHA  /tmp/gguf/$NAME" | sha256sum -c - || exit 2
-  python3 scripts/device/rebuild_embedded.py "/tmp/gguf/$NAME" /tmp/model-small "$FOLDER" || exit 2
-fi
-# Must return the folder without converting (a conversion here would use the broken 5.17 tokenizer path).
-python3 -c "from cai_lib.embedded import embedded_model_dir; print('embedded model:', embedded_model_dir())" || exit 2
+bash scripts/device/rebuild.sh || exit 2
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # stop inside the 10-minute call limit so the reports/log still get copied; the next call resumes
 timeout ${CAI_TIMEOUT:-540} python3 -m cai_lib.cli run --profile gpu-small --run-id "$RUN_ID" ${STAGES:+--stages $STAGES} 2>&1 | tee "$OUT/cai_run.log"
