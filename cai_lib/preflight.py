@@ -35,12 +35,14 @@ kv width = kv_heads * head_dim. Linear parameters P_lin = L * (h*q + 2*h*kv + q*
     plus separator and EOS; TRL pads to the longest in the batch.
     act (gradient_checkpointing) = S*T*h*2 B * L  +  S*T*(C_H*h + C_I*i)*2 B   (saved layer inputs +
                                    one layer recomputed), C_H=6, C_I=2
-    act (no checkpointing)       = S*T*(C_H*h + C_I*i)*2 B * L * C_NOCKPT, C_NOCKPT=4 (not measured)
+    act (no checkpointing)       = S*T*(C_H*h + C_I*i)*2 B * L * C_NOCKPT, C_NOCKPT=4
     logits                       = S*T*V * C_V, C_V=0.5 B per logit (far below bf16: the measured
                                    peaks show the full logits are never held at once)
     training stage = weights + lora + act + logits
-    C_H, C_I, C_V are a least-squares-style fit (grid, max relative error) to the three measured
-    training peaks below: three constants, three points, so agreement there is by construction.
+    C_H, C_I, C_V are a grid fit (smallest worst relative error) to the three measured training
+    peaks below, with C_NOCKPT=4 fixed: the two Qwen points ran with checkpointing, the Gemma
+    point without. Three constants, three points: agreement there is by construction, not a
+    validation; the 32B rehearsal is the first independent check.
 
 Fit: a stage fits when its estimate <= gpu_gib * USABLE (0.95: CUDA context, allocator slack);
 WARN above 0.85 of that.
@@ -286,11 +288,19 @@ def _training_backend(cfg: dict) -> str:
     return b
 
 
+def _with_defaults(cfg_values: dict) -> dict:
+    """The profile's values over RunConfig's defaults (a profile states only what differs)."""
+    from .config import RunConfig
+    if not isinstance(cfg_values, dict):
+        raise CaiError("preflight: cfg_values must be a mapping of RunConfig fields (RunConfig.to_dict())")
+    return {**RunConfig().to_dict(), **cfg_values}
+
+
 def estimate(model_config: dict, cfg_values: dict, *, seq_tokens: int | None = None,
              training_backend: str | None = None) -> dict:
     """Per stage: {"gib", "parts" (GiB), "seconds", ...}; plus "total_hours"."""
     s = shape_from_config(model_config)
-    cfg = dict(cfg_values)
+    cfg = _with_defaults(cfg_values)
     gcfg = generation_cfg(cfg)
     out: dict = {}
     for p in _stage_plan(cfg):
