@@ -54,7 +54,9 @@ Time (upper bounds: every generation runs to its max_new_tokens, every pair is k
                    8bit 18.2 ms (7B: 0.51 s per step, 28 layers), none 1.3 ms (1.5B bf16 batch 1),
                    none + compiled static cache 0.2 ms (H200, 270M bf16: 3.5 ms per step, 18 layers);
                    HBM_BW 3.0e12 B/s (H100/H200 class)
-    a generation stage = batches * new_tokens * decode_step, + batch-1 determinism runs
+                   + 2 * N_mm * batch / (PEAK * MFU)   (the matmuls; small next to the launches)
+    prefill      = 2 * N_mm * batch * prompt / (PEAK * MFU)
+    a generation stage = batches * (prefill + new_tokens * decode_step), + batch-1 determinism runs
     DPO micro-step = S*T * N_mm * K / (PEAK * MFU), N_mm = P_lin + V*h (lm_head matmul),
                    K = 6 with gradient checkpointing (fwd 2 + bwd to activations 2 + recompute 2),
                    4 without; reference log-probs: 2*N_mm per token once (precompute) or per step;
@@ -228,17 +230,21 @@ def training_bytes(s: Shape, cfg: dict, *, seq_tokens: int | None = None, backen
 
 # ---- time ----------------------------------------------------------------------------------
 
-def decode_step_s(s: Shape, cfg: dict) -> float:
+def decode_step_s(s: Shape, cfg: dict, batch: int = 1) -> float:
     quant = cfg.get("quantization", "none")
     key = "none_static" if quant == "none" and cfg.get("static_cache") else quant
-    return s.layers * S_LAYER.get(key, S_LAYER["none"]) + weights_bytes(s, cfg) / HBM_BW
+    return (s.layers * S_LAYER.get(key, S_LAYER["none"]) + weights_bytes(s, cfg) / HBM_BW
+            + 2 * s.matmul_params * batch / (PEAK_FLOPS * MFU))
 
 
-def _gen_seconds(s, cfg, n_prompts: int, batch: int, new: int, determinism: int = 0) -> float:
-    step = decode_step_s(s, cfg)
+def _batch_s(s, cfg, batch: int, prompt: int, new: int) -> float:
+    return 2 * s.matmul_params * batch * prompt / (PEAK_FLOPS * MFU) + new * decode_step_s(s, cfg, batch)
+
+
+def _gen_seconds(s, cfg, n_prompts: int, batch: int, prompt: int, new: int, determinism: int = 0) -> float:
     batched = math.ceil(n_prompts / batch) if n_prompts else 0
-    det = (math.ceil(determinism / batch) + determinism) if determinism else 0  # batched + batch-1 runs
-    return (batched + det) * new * step
+    det = math.ceil(determinism / batch) if determinism else 0  # the batched half of the check
+    return (batched + det) * _batch_s(s, cfg, batch, prompt, new) + determinism * _batch_s(s, cfg, 1, prompt, new)
 
 
 def _train_seconds(s: Shape, cfg: dict, seq_tokens: int, backend: str) -> dict:
@@ -308,8 +314,8 @@ def estimate(model_config: dict, cfg_values: dict, *, seq_tokens: int | None = N
         out[p["stage"]] = {
             "gib": sum(parts.values()) / GIB, "parts": {k: v / GIB for k, v in parts.items()},
             "batch": p["batch"], "prompt_tokens": p["prompt"], "new_tokens": p["new"],
-            "seconds": _gen_seconds(s, gcfg, p["prompts"], p["batch"], p["new"], p["determinism"]),
-            "decode_step_s": decode_step_s(s, gcfg), "quantization": gcfg["quantization"],
+            "seconds": _gen_seconds(s, gcfg, p["prompts"], p["batch"], p["prompt"], p["new"], p["determinism"]),
+            "decode_step_s": decode_step_s(s, gcfg, p["batch"]), "quantization": gcfg["quantization"],
             "static_cache": gcfg["static_cache"], "batch_key": "gen_batch_size", "length_key": p["new_key"],
             "per_batch_bytes": sum(v for k, v in parts.items() if k in ("kv_cache", "prefill", "decode_logits")) / p["batch"],
             "fixed_bytes": sum(v for k, v in parts.items() if k not in ("kv_cache", "prefill", "decode_logits")),

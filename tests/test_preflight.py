@@ -157,3 +157,20 @@ def test_partial_profile_takes_runconfig_defaults():
     assert pf.estimate(QWEN32B, raw)["02_train"]["gib"] == pf.estimate(QWEN32B, profile("gpu-32b"))["02_train"]["gib"]
     with pytest.raises(CaiError, match="cfg_values"):
         pf.estimate(QWEN32B, ["not", "a", "mapping"])
+
+
+def test_time_arithmetic_for_evaluation_and_training():
+    y = profile("gpu-32b")
+    s = pf.shape_from_config(QWEN32B)
+    g = pf.generation_cfg(y)
+    est = pf.estimate(QWEN32B, y)
+    # 03: base + trained = 2 x ceil(300/32) batches, + the determinism check: 1 batch of 32 and 32 batch-1 rows
+    per32 = pf._batch_s(s, g, 32, pf.INSTRUCTION_TOKENS, 128)
+    per1 = pf._batch_s(s, g, 1, pf.INSTRUCTION_TOKENS, 128)
+    assert est["03_evaluate"]["seconds"] == pytest.approx((2 * 10 + 1) * per32 + 32 * per1)
+    # a 4-bit decoding step is launch-bound: 64 layers x 5.6 ms dominate
+    assert 0.3 < pf.decode_step_s(s, g, 32) < 0.45
+    # 02: ceil(1000 / (4 x 4)) x 2 epochs optimizer steps of 4 micro-batches
+    t = est["02_train"]
+    assert t["optimizer_steps"] == 126 and t["step_s"] == pytest.approx(4 * t["micro_step_s"])
+    assert t["seconds"] == pytest.approx(126 * t["step_s"] + t["reference_s"] + pf.UNSLOTH_COMPILE_S)
