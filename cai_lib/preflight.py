@@ -101,7 +101,6 @@ INSTRUCTION_TOKENS = 22
 FRAME_TOKENS = {"response": 143, "critique": 335, "revision": 382, "raw": 0}
 BASELINE_PROMPT_TOKENS = 148
 STARTER_ITEMS = 144
-N_SENTINELS = 6
 PAIR_STEPS = {"format_distillation": ("response", "raw"), "critique_revision": ("response", "critique", "revision")}
 
 
@@ -241,8 +240,10 @@ def _batch_s(s, cfg, batch: int, prompt: int, new: int) -> float:
     return 2 * s.matmul_params * batch * prompt / (PEAK_FLOPS * MFU) + new * decode_step_s(s, cfg, batch)
 
 
-def _gen_seconds(s, cfg, n_prompts: int, batch: int, prompt: int, new: int, determinism: int = 0) -> float:
-    batched = math.ceil(n_prompts / batch) if n_prompts else 0
+def _gen_seconds(s, cfg, n_prompts: int, batch: int, prompt: int, new: int, determinism: int = 0,
+                 passes: int = 1, extra_batches: int = 0) -> float:
+    # each pass (a generate() call over n_prompts) rounds its batches up on its own
+    batched = passes * math.ceil(n_prompts / batch) + extra_batches if n_prompts else 0
     det = math.ceil(determinism / batch) if determinism else 0  # the batched half of the check
     return (batched + det) * _batch_s(s, cfg, batch, prompt, new) + determinism * _batch_s(s, cfg, 1, prompt, new)
 
@@ -279,11 +280,14 @@ def _stage_plan(cfg: dict) -> list[dict]:
     new00, new03 = int(cfg.get("baseline_max_new_tokens", 48)), int(cfg.get("eval_max_new_tokens", 48))
     return [
         {"stage": "00_baseline", "batch": batch, "prompt": BASELINE_PROMPT_TOKENS, "new": new00, "lora": False,
-         "prompts": n_items * n_formats + N_SENTINELS, "determinism": min(det, n_items), "new_key": "baseline_max_new_tokens"},
+         "prompts": n_items * n_formats, "passes": 1, "extra": 1,  # + one call for the 6 sentinels
+         "determinism": min(det, n_items), "new_key": "baseline_max_new_tokens"},
         {"stage": "01_generate", "batch": batch, "prompt": longest01, "new": dmax, "lora": False,
-         "prompts": int(cfg.get("n_train_items", 0)) * len(steps), "determinism": 0, "new_key": "data_max_new_tokens"},
+         "prompts": int(cfg.get("n_train_items", 0)), "passes": len(steps), "extra": 0,
+         "determinism": 0, "new_key": "data_max_new_tokens"},
         {"stage": "03_evaluate", "batch": batch, "prompt": INSTRUCTION_TOKENS, "new": new03, "lora": True,
-         "prompts": 2 * int(cfg.get("n_eval_items", 0)), "determinism": det, "new_key": "eval_max_new_tokens"},
+         "prompts": int(cfg.get("n_eval_items", 0)), "passes": 2, "extra": 0,  # base, then trained
+         "determinism": det, "new_key": "eval_max_new_tokens"},
     ]
 
 
@@ -314,7 +318,8 @@ def estimate(model_config: dict, cfg_values: dict, *, seq_tokens: int | None = N
         out[p["stage"]] = {
             "gib": sum(parts.values()) / GIB, "parts": {k: v / GIB for k, v in parts.items()},
             "batch": p["batch"], "prompt_tokens": p["prompt"], "new_tokens": p["new"],
-            "seconds": _gen_seconds(s, gcfg, p["prompts"], p["batch"], p["prompt"], p["new"], p["determinism"]),
+            "seconds": _gen_seconds(s, gcfg, p["prompts"], p["batch"], p["prompt"], p["new"], p["determinism"],
+                                    p["passes"], p["extra"]),
             "decode_step_s": decode_step_s(s, gcfg, p["batch"]), "quantization": gcfg["quantization"],
             "static_cache": gcfg["static_cache"], "batch_key": "gen_batch_size", "length_key": p["new_key"],
             "per_batch_bytes": sum(v for k, v in parts.items() if k in ("kv_cache", "prefill", "decode_logits")) / p["batch"],
