@@ -168,3 +168,23 @@ def test_prequantized_folder_without_bitsandbytes_is_one_line(tiny_dir, tmp_path
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CaiError, match="quantiz"):
         load_base(str(folder), dtype="float32")
+
+
+def test_32b_shape_on_meta_matches_the_preflight_counts():
+    """The builder's 32B config, instantiated without memory, has the parameters preflight counts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cai_lib import preflight
+
+    spec = bsc.shape_spec("qwen32b")
+    cfg = bsc.make_config(spec, eos_id=spec["vocab_size"] - 3)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    linear = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and n != "lm_head")
+    shape = preflight.shape_from_config(cfg.to_dict())
+    assert linear == shape.linear_params == 31_205_621_760  # 64 x (2 x 5120 x 5120 + 2 x 5120 x 1024 + 3 x 5120 x 27648)
+    assert model.lm_head.weight.shape == (152064, 5120) and not cfg.tie_word_embeddings
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.num_hidden_layers) == (40, 8, 64)
+    assert cfg.bos_token_id == cfg.eos_token_id  # as Qwen2.5's config.json
