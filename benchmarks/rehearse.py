@@ -238,27 +238,42 @@ def oom_search_generation(model, tok, prompts, cfg, *, start, max_batch, max_new
 
 # ---- stages ----------------------------------------------------------------------------------
 
-def run_gen(cfg, args) -> dict:
+GEN_KINDS = ("00", "response", "critique", "revision")
+
+
+def run_gen(cfg, args, progress=lambda out: None) -> dict:
+    """`progress(out)` is called after each measurement (the caller saves: a cut call keeps them)."""
     from cai_lib import models, prompts, tasks
 
+    kinds = [k.strip() for k in args.gen_kinds.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in GEN_KINDS]
+    if bad:
+        raise SystemExit(f"--gen-kinds: unknown {bad[0]!r}; use a comma list of {', '.join(GEN_KINDS)}")
     with Peak() as pk:
         loaded = models.load_configured(cfg, "generate")
     out = {"load": {**pk.record(), "backend": loaded.backend, "bos_policy": loaded.info.get("bos_policy"),
                     "quantization": loaded.info.get("quantization")}}
+    progress(out)
     tok, model = loaded.tokenizer, loaded.model
     b, n = cfg.gen_batch_size, cfg.gen_batch_size * args.gen_batches
     base = _longest(tok, stage00_prompts(cfg), n)
-    out["00_baseline"] = measure_generation(model, tok, base, cfg, batch=b, max_new=cfg.baseline_max_new_tokens,
-                                            desc="00")
-    out["00_baseline"]["n_prompts_full"] = len(stage00_prompts(cfg)) + 6  # + the guard's 6 sentinels
+    if "00" in kinds:
+        out["00_baseline"] = measure_generation(model, tok, base, cfg, batch=b, max_new=cfg.baseline_max_new_tokens,
+                                                desc="00")
+        out["00_baseline"]["n_prompts_full"] = len(stage00_prompts(cfg)) + 6  # + the guard's 6 sentinels
+        progress(out)
     items = tasks.sample_items(tasks.train_pool(), max(n, 1), cfg.seed)[:n]
     frames = stage01_prompts(cfg, tok, items)
     for step, texts in frames.items():
+        if step not in kinds:
+            continue
         out[f"01_{step}"] = measure_generation(model, tok, _longest(tok, texts, n), cfg, batch=b,
                                                max_new=cfg.data_max_new_tokens, stop=prompts.stop_strings(step),
                                                desc=f"01:{step}")
-    out["batch1"] = measure_generation(model, tok, base[:args.batch1_items], cfg, batch=1,
-                                       max_new=cfg.baseline_max_new_tokens, desc="batch-1")
+        progress(out)
+    if args.batch1_items > 0:
+        out["batch1"] = measure_generation(model, tok, base[:args.batch1_items], cfg, batch=1,
+                                           max_new=cfg.baseline_max_new_tokens, desc="batch-1")
     if args.oom_search:
         out["oom_01_revision"] = oom_search_generation(
             model, tok, _longest(tok, frames["revision"], n), cfg, start=b, max_batch=args.oom_max_batch,
@@ -367,8 +382,9 @@ def run_eval(cfg, args, run_dir: Path) -> dict:
                           "s_per_batch": round((timing["base_seconds"] + timing["trained_seconds"]) / (2 * n_batches), 3),
                           "prompt_tokens_max": max(r["prompt_tokens"] for r in base),
                           "outputs_differ": sum(b["response"] != t["response"] for b, t in zip(base, trained))}
-    out["batch1"] = measure_generation(model, tok, [it["instruction"] for it in items[:args.batch1_items]], cfg,
-                                       batch=1, max_new=cfg.eval_max_new_tokens, desc="batch-1")
+    if args.batch1_items > 0:
+        out["batch1"] = measure_generation(model, tok, [it["instruction"] for it in items[:args.batch1_items]], cfg,
+                                           batch=1, max_new=cfg.eval_max_new_tokens, desc="batch-1")
     if args.oom_search:
         out["oom_03_evaluate"] = oom_search_generation(model, tok, [it["instruction"] for it in items], cfg,
                                                        start=cfg.gen_batch_size, max_batch=args.oom_max_batch,
@@ -387,14 +403,17 @@ def extrapolate(cfg, res: dict) -> dict:
     out: dict = {}
     gen = res.get("gen") or {}
     b1 = (gen.get("batch1") or (res.get("eval") or {}).get("batch1") or {}).get("s_per_item")
-    if gen:
+    if "00_baseline" in gen:
         det = min(cfg.determinism_sample, gen["00_baseline"]["n_prompts_full"])
         s00 = math.ceil(gen["00_baseline"]["n_prompts_full"] / b) * gen["00_baseline"]["s_per_batch"]
         s00 += math.ceil(det / b) * gen["00_baseline"]["s_per_batch"] + det * (b1 or 0)
         out["00_baseline_s"] = s00
-        steps = STEPS[cfg.pair_strategy]
-        out["01_generate_s"] = sum(math.ceil(cfg.n_train_items / b) * gen[f"01_{s}"]["s_per_batch"]
-                                   for s in steps if f"01_{s}" in gen)
+    steps = [s for s in STEPS[cfg.pair_strategy] if f"01_{s}" in gen]
+    if steps:
+        out["01_generate_s"] = sum(math.ceil(cfg.n_train_items / b) * gen[f"01_{s}"]["s_per_batch"] for s in steps)
+        missing = [s for s in STEPS[cfg.pair_strategy] if s not in steps]
+        if missing:
+            out["01_generate_missing_steps"] = missing
     dpo = (res.get("dpo") or {}).get("02_train")
     if dpo and dpo.get("steady_step_s"):
         n_steps = math.ceil(cfg.n_train_items / (cfg.per_device_batch_size * cfg.gradient_accumulation_steps)) \
@@ -408,7 +427,7 @@ def extrapolate(cfg, res: dict) -> dict:
     ev = (res.get("eval") or {}).get("03_evaluate")
     if ev:
         det = cfg.determinism_sample
-        eb1 = res["eval"]["batch1"]["s_per_item"]
+        eb1 = (res["eval"].get("batch1") or {}).get("s_per_item") or 0.0
         out["03_evaluate_s"] = 2 * math.ceil(cfg.n_eval_items / b) * ev["s_per_batch"] \
             + math.ceil(det / b) * ev["s_per_batch"] + det * eb1
     out["total_hours"] = round(sum(v for k, v in out.items() if k.endswith("_s")) / 3600, 3)
@@ -459,7 +478,9 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir", default=None, help="where DPO writes its adapter (eval reads it); default beside --json")
     p.add_argument("--json", default="rehearsal.json")
     p.add_argument("--gen-batches", type=int, default=1, help="batches per generation kind in the sample")
-    p.add_argument("--batch1-items", type=int, default=2, help="batch-1 generations (determinism check timing)")
+    p.add_argument("--batch1-items", type=int, default=2, help="batch-1 generations (determinism check timing); 0 skips")
+    p.add_argument("--gen-kinds", default=",".join(GEN_KINDS), help="generation prompts measured: 00 (stage 00), "
+                   "response, critique, revision (stage 01 frames)")
     p.add_argument("--dpo-steps", type=int, default=3, help="optimizer steps in the DPO sample")
     p.add_argument("--oom-search", action="store_true")
     p.add_argument("--oom-max-batch", type=int, default=512)
@@ -483,7 +504,7 @@ def main(argv=None) -> int:
     res["preflight"] = preflight_next_to(cfg, Path(a.model), a.cap_gib)
     t0 = time.perf_counter()
     if "gen" in stages:
-        res["gen"] = run_gen(cfg, a)
+        res["gen"] = run_gen(cfg, a, progress=lambda part: _save(out_json, {**res, "gen": part}))
         _save(out_json, res)
     if "dpo" in stages:
         res["dpo"] = run_dpo(cfg, a, run_dir)

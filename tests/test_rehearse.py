@@ -188,3 +188,18 @@ def test_32b_shape_on_meta_matches_the_preflight_counts():
     assert model.lm_head.weight.shape == (152064, 5120) and not cfg.tie_word_embeddings
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.num_hidden_layers) == (40, 8, 64)
     assert cfg.bos_token_id == cfg.eos_token_id  # as Qwen2.5's config.json
+
+
+def test_generation_subset_saves_as_it_goes(tiny_dir, tmp_path):
+    out = tmp_path / "g.json"
+    argv = ["--model", str(tiny_dir), "--json", str(out), "--stages", "gen", "--gen-kinds", "revision",
+            "--batch1-items", "0", "--set", *TINY_RUN]
+    assert rehearse.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert set(res["gen"]) == {"load", "01_revision"}
+    x = res["extrapolated"]
+    assert "00_baseline_s" not in x and x["01_generate_missing_steps"] == ["response", "critique"]
+    assert x["01_generate_s"] == 500 * res["gen"]["01_revision"]["s_per_batch"]  # ceil(1000 / 2) batches
+    with pytest.raises(SystemExit, match="--gen-kinds: unknown 'revise'"):
+        rehearse.main(["--model", str(tiny_dir), "--json", str(out), "--stages", "gen", "--gen-kinds", "revise",
+                       "--set", *TINY_RUN])

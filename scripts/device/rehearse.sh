@@ -24,7 +24,10 @@
 # the OOM search, extrapolated hours and cai_lib.preflight's estimate next to each measurement.
 # Merge: the `table` field of each JSON is the rows for reports/benchmarks.md.
 # Calls 6-8 re-measure their stage's sample before the search (one code path, a few minutes more).
-# Minimum useful subset when device time is short: calls 1 and 2 (build, generation memory/time).
+# Minimum useful subset when device time is short (~7 min of device time in one call):
+#   carry [".whl/g1"]  bash scripts/device/setup.sh .whl/g1 && bash scripts/device/rehearse.sh build quick
+#        quick = the package loads the 4-bit folder, then one batch of 32 revision frames (the longest
+#        prompts of the run) x 128 tokens: weights and the largest generation peak under the 80 GB cap.
 set -o pipefail
 source scripts/device/env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -42,6 +45,7 @@ for phase in "$@"; do
       cp "$SHAPE_DIR/BUILD.json" "$OUT/build.json" 2>/dev/null
       du -sh "$SHAPE_DIR" | tee -a "$OUT/build.log"
       ;;
+    quick)    $R --stages gen --gen-kinds revision --batch1-items 0 --json "$OUT/rehearse_quick.json" 2>&1 | grep -v Warning | tail -30 | tee "$OUT/rehearse_quick.log" ;;
     gen)      $R --stages gen --batch1-items 1 --json "$OUT/rehearse_gen.json" 2>&1 | grep -v Warning | tail -30 | tee "$OUT/rehearse_gen.log" ;;
     dpo)      $R --stages dpo --run-dir "$RUN/run" --json "$OUT/rehearse_dpo.json" 2>&1 | grep -v Warning | tail -30 | tee "$OUT/rehearse_dpo.log" ;;
     dpo-bnb)  $R --stages dpo --run-dir "$RUN/run-bnb" --set backend=transformers --json "$OUT/rehearse_dpo_bnb.json" 2>&1 | grep -v Warning | tail -30 | tee "$OUT/rehearse_dpo_bnb.log" ;;
@@ -49,6 +53,6 @@ for phase in "$@"; do
     oom-gen)  $R --stages gen --batch1-items 1 --oom-search --json "$OUT/rehearse_oom_gen.json" 2>&1 | grep -v Warning | tail -30 | tee "$OUT/rehearse_oom_gen.log" ;;
     oom-dpo)  $R --stages dpo --dpo-steps 1 --run-dir "$RUN/run-oom" --oom-search --json "$OUT/rehearse_oom_dpo.json" 2>&1 | grep -v Warning | tail -30 | tee "$OUT/rehearse_oom_dpo.log" ;;
     oom-eval) $R --stages eval --run-dir "$RUN/run" --batch1-items 1 --oom-search --json "$OUT/rehearse_oom_eval.json" 2>&1 | grep -v Warning | tail -30 | tee "$OUT/rehearse_oom_eval.log" ;;
-    *) echo "unknown phase $phase (build gen dpo dpo-bnb eval oom-gen oom-dpo oom-eval)"; exit 2 ;;
+    *) echo "unknown phase $phase (build quick gen dpo dpo-bnb eval oom-gen oom-dpo oom-eval)"; exit 2 ;;
   esac
 done
