@@ -378,3 +378,28 @@ def check(model_config: dict, cfg_values: dict, gpu_gib: float) -> list[Finding]
             suggest = fits if fits >= 1 else None
         findings.append(Finding(stage, level, e["gib"], limit, e["batch_key"], suggest, e["seconds"]))
     return findings
+
+
+def read_model_config(folder) -> dict:
+    """config.json of a model folder as a dict (the first argument of estimate/check)."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaiError(f"{path}: not found — preflight needs the model folder's config.json") from None
+    except (OSError, ValueError) as exc:
+        raise CaiError(f"{path}: cannot be read as JSON ({str(exc).splitlines()[0][:120]}) — fix or re-download it") from None
+    if not isinstance(data, dict):
+        raise CaiError(f"{path}: not a JSON object — pass a transformers config.json")
+    return data
+
+
+def summary_lines(model_config: dict, cfg_values: dict, gpu_gib: float) -> list[str]:
+    """What `cai run --preflight` prints: one line per stage, then the whole run's time."""
+    lines = [str(f) for f in check(model_config, cfg_values, gpu_gib)]
+    hours = estimate(model_config, cfg_values)["total_hours"]
+    lines.append(f"whole run: ~{hours:.1f} h upper bound (every generation to its token limit, every item a pair)")
+    return lines

@@ -174,3 +174,17 @@ def test_time_arithmetic_for_evaluation_and_training():
     t = est["02_train"]
     assert t["optimizer_steps"] == 126 and t["step_s"] == pytest.approx(4 * t["micro_step_s"])
     assert t["seconds"] == pytest.approx(126 * t["step_s"] + t["reference_s"] + pf.UNSLOTH_COMPILE_S)
+
+
+def test_read_model_config_and_summary_lines(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(QWEN32B))
+    assert pf.read_model_config(tmp_path) == QWEN32B
+    lines = pf.summary_lines(pf.read_model_config(tmp_path), profile("gpu-32b"), 80)
+    assert len(lines) == 5 and lines[-1].startswith("whole run: ~") and all("\n" not in x for x in lines)
+    with pytest.raises(CaiError, match="config.json: not found"):
+        pf.read_model_config(tmp_path / "nowhere")
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(CaiError, match="cannot be read as JSON"):
+        pf.read_model_config(tmp_path)
