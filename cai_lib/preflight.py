@@ -3,7 +3,7 @@
 Inputs: the model's config.json as a dict, the run's profile values (RunConfig fields) and the
 card's memory in GiB. No torch, no model load: a researcher sees the answer before renting
 hours. `check()` returns one `Finding` per stage; a stage that will not fit names the profile
-key to change and the largest value that fits.
+key to change and the largest batch that stays under 85% of the usable memory.
 
 Memory (GiB = 2**30 bytes), per stage
 -------------------------------------
