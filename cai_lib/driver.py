@@ -67,10 +67,17 @@ def _why_run(stage: Stage, fp: dict, prev: dict, problem: str | None) -> str | N
 
 
 def _render_html(executed: Path) -> Path:
+    """The report a reader opens: outputs and text only. Code, prompts and stderr (library
+    warnings, progress-bar frames) stay in the executed notebook next to it."""
     import nbformat
     from nbconvert import HTMLExporter
     nb = nbformat.read(str(executed), as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    for cell in nb.cells:
+        if cell.get("cell_type") == "code":
+            cell.outputs = [o for o in cell.get("outputs", [])
+                            if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
     out = executed.with_suffix(".html")
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text(body, encoding="utf-8")
@@ -101,7 +108,7 @@ def _config_for(profile: str | None, overrides: dict, paths) -> tuple[RunConfig,
     if profile is None and paths.config.exists():
         values = read_json(paths.config)
         source = f"{paths.config} (the run's own config)"
-        label = "(the run's config.json)"
+        label = (manifest.load(paths.root).get("run") or {}).get("profile") or "(the run's config.json)"
     else:
         label = profile or "cpu-quick"
         values = load_profile(label)

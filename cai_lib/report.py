@@ -65,11 +65,6 @@ def rates_frame(records: list[dict], by: list[str] | None = None, fields=FIELDS)
     return df
 
 
-def visible(df):
-    """The table without the helper columns (`_*_lo/_hi`) that the charts need."""
-    return df[[c for c in df.columns if not c.startswith("_")]]
-
-
 def bar_chart(df, group: str, fields=FIELDS, title: str = ""):
     """Grouped bars with Wilson error bars; `df` from rates_frame."""
     plt = _plt()
@@ -150,14 +145,38 @@ def training_curves(training_log_path):
 
 # ---- stage 03 / 04 ------------------------------------------------------------------------
 
-def model_rates_frame(paths, by: list[str] | None = None):
+def models_rates_frame(by_model: dict):
+    """Rates and Wilson CIs per model, overall (type "all") and per item type."""
     pd = _pd()
     frames = []
-    for name, p in (("base", paths.eval_base), ("trained", paths.eval_trained)):
-        df = rates_frame(read_jsonl(p), by=by)
-        df.insert(0, "model", name)
-        frames.append(df)
-    return visible(pd.concat(frames, ignore_index=True))
+    for name, recs in by_model.items():
+        df = rates_frame(recs)
+        df["type"] = "all"
+        df = df.drop(columns=["group"])
+        both = pd.concat([df, rates_frame(recs, by=["type"])], ignore_index=True)
+        both.insert(0, "model", name)
+        frames.append(both)
+    rates = pd.concat(frames, ignore_index=True)
+    return rates[["model", "type"] + [c for c in rates.columns if c not in ("model", "type")]]
+
+
+def eval_rates_frame(paths):
+    """Stage 03's base and trained records as a models_rates_frame."""
+    return models_rates_frame({"base": read_jsonl(paths.eval_base), "trained": read_jsonl(paths.eval_trained)})
+
+
+def run_warnings(run_dir) -> list[str]:
+    """Warnings a reader of the verdict must see, gathered from the stages' own records."""
+    from . import manifest, views
+    from .runs import run_paths
+    stages_rec = manifest.load(run_dir).get("stages", {})
+    out = []
+    for key, where in (("00", "stage 00 (base model, baseline prompts)"), ("03", "stage 03 (evaluation)")):
+        out += views.determinism_warnings((stages_rec.get(key) or {}).get("determinism"), where)
+    pair_stats = run_paths(run_dir).pair_stats
+    if pair_stats.exists():
+        out += views.pair_warnings(read_json(pair_stats))
+    return out
 
 
 def model_bar_chart(rates_df):
@@ -209,17 +228,7 @@ def build_report(run_dir, cfg, *, write: bool = True) -> dict:
         write_json(paths.gate, gate)
         manifest.update(run_dir, approval={"adapter_approved": gate["verdict"] == "PASS", "verdict": gate["verdict"]})
 
-    rates = []
-    for name, recs in (("base", base), ("trained", trained)):
-        df = rates_frame(recs)
-        df["type"] = "all"
-        df = df.drop(columns=["group"])
-        dt = rates_frame(recs, by=["type"])
-        both = pd.concat([df, dt], ignore_index=True)
-        both.insert(0, "model", name)
-        rates.append(both)
-    rates = pd.concat(rates, ignore_index=True)
-    rates = rates[["model", "type"] + [c for c in rates.columns if c not in ("model", "type")]]
+    rates = models_rates_frame({"base": base, "trained": trained})
 
     if write or not paths.spot_check.exists():
         write_spot_check(base, trained, paths.spot_check, n=cfg.spot_check_n, seed=cfg.seed)
@@ -270,36 +279,6 @@ def vs_baseline_frame(paths, trained: list[dict], field: str):
     df = pd.DataFrame(rows)
     df.attrs["gate_field"] = field
     return df
-
-
-def verdict_banner(gate: dict):
-    from IPython.display import HTML
-    color = {"PASS": "#1a7f37", "FAIL": "#cf222e", "NO_GAP": "#9a6700"}.get(gate["verdict"], "#555")
-    reasons = "".join(f"<li>{r}</li>" for r in gate.get("reasons", []))
-    return HTML(f'<div style="border:3px solid {color};padding:10px"><h2 style="color:{color};margin:0">'
-                f'Stage 1 gate: {gate["verdict"]}</h2><ul>{reasons}</ul></div>')
-
-
-def stats_frame(stats: dict):
-    pd = _pd()
-    keys = ["n", "base_rate", "trained_rate", "base_ci", "trained_ci", "b", "c", "mcnemar_p", "cohens_h",
-            "diff", "diff_ci", "diff_ci_bootstrap", "power_n"]
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.3g}"
-        if isinstance(v, list):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return v
-    return pd.DataFrame([{"statistic": k, "value": fmt(stats.get(k))} for k in keys if k in stats])
-
-
-def by_type_frame(stats: dict):
-    pd = _pd()
-    rows = []
-    for t, s in sorted(stats.get("by_type", {}).items()):
-        rows.append({"type": t, **{k: s.get(k) for k in ("n", "base_rate", "trained_rate", "b", "c", "mcnemar_p",
-                                                         "mcnemar_p_bh", "cohens_h")}})
-    return pd.DataFrame(rows)
 
 
 def examples_frame(result: dict, kind: str, n: int = 5):

@@ -576,6 +576,12 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
         if not progress:
             from transformers.trainer_callback import PrinterCallback
             trainer.remove_callback(PrinterCallback)  # it prints every step's dict
+        else:  # in a notebook, transformers renders a table row per logged step (a page of rows in the
+            # report); one text progress bar says the same, and the curves come from training_log.json
+            from transformers.trainer_callback import ProgressCallback
+            from transformers.utils.notebook import NotebookProgressCallback
+            if trainer.pop_callback(NotebookProgressCallback) is not None:
+                trainer.add_callback(ProgressCallback)
         try:
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         finally:
