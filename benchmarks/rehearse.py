@@ -445,6 +445,24 @@ def preflight_next_to(cfg, model_dir: Path, cap_gib: float | None) -> dict:
                  "seconds": round(v["seconds"], 1)} if isinstance(v, dict) else v) for k, v in est.items()}
 
 
+def preflight_vs_measured(res: dict) -> dict:
+    """Per stage: preflight GiB, measured peak allocated GiB, their ratio (the issue asks within 15%)."""
+    gen, dpo, ev = res.get("gen") or {}, res.get("dpo") or {}, res.get("eval") or {}
+    measured = {
+        "00_baseline": (gen.get("00_baseline") or {}).get("peak_alloc_gib"),
+        "01_generate": max([gen[k]["peak_alloc_gib"] for k in gen if k.startswith("01_")
+                            and gen[k].get("peak_alloc_gib") is not None] or [None], key=lambda x: x or 0),
+        "02_train": (dpo.get("02_train") or {}).get("peak_alloc_gib"),
+        "03_evaluate": (ev.get("03_evaluate") or {}).get("peak_alloc_gib"),
+    }
+    out = {}
+    for stage, m in measured.items():
+        est = (res.get("preflight") or {}).get(stage, {}).get("gib")
+        if m and est:
+            out[stage] = {"preflight_gib": est, "measured_gib": m, "ratio": round(est / m, 3)}
+    return out
+
+
 def table(res: dict) -> str:
     """Markdown rows: stage, peak GiB (alloc / reserved) vs cap, s per batch or step, OOM batch, preflight."""
     cap = res["device"].get("cap_gib")
@@ -513,6 +531,7 @@ def main(argv=None) -> int:
         res["eval"] = run_eval(cfg, a, run_dir)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     res["extrapolated"] = extrapolate(cfg, res)
+    res["preflight_vs_measured"] = preflight_vs_measured(res)
     res["table"] = table(res)
     _save(out_json, res)
     print(res["table"])

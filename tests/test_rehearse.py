@@ -219,3 +219,11 @@ def test_prequantized_folder_reports_its_real_quantization(tmp_path):
     loaded = load_base(str(out), dtype="bfloat16")  # quantization defaults to "none"
     assert type(loaded.model.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"  # what was loaded
     assert loaded.info["quantization"] == "4bit"  # what the manifest should record
+
+
+def test_preflight_vs_measured_ratio():
+    res = {"preflight": {"01_generate": {"gib": 30.0}, "02_train": {"gib": 24.0}},
+           "gen": {"01_response": {"peak_alloc_gib": 20.0}, "01_revision": {"peak_alloc_gib": 27.0}},
+           "dpo": {"02_train": {"peak_alloc_gib": None}}}
+    out = rehearse.preflight_vs_measured(res)
+    assert out == {"01_generate": {"preflight_gib": 30.0, "measured_gib": 27.0, "ratio": round(30 / 27, 3)}}
