@@ -62,13 +62,19 @@ What it still cannot catch (fail-open cases, by design or not done):
   have?" vs "A spider walks on how many limbs?"), translations into another language,
   and answer aliases that are different words ("Bucharest" vs "Bucuresti" after a
   paraphrase, "USA" vs "United States").
-* Words split by spaces or punctuation ("K e n y a", "Ke-nya"), leetspeak ("Fr4nce"),
-  Russian/Arabic inflections (no stemmer for them), Japanese/Chinese rewording beyond the
-  function-character list.
+* Verb inflections other than -s ("absorbed" vs "absorb"), typos that make another real
+  word ("desert"/"dessert") or need two edits in a word under `FUZZY_LONG_LEN` letters
+  ("aminal"), words split by spaces or punctuation ("K e n y a", "Ke-nya"), leetspeak
+  ("Fr4nce"), Russian/Arabic inflections (no stemmer for them), Chinese/Japanese rewording
+  beyond the function-character list. tests/fixtures/leakage_paraphrases pins these.
 * An embedding-based semantic check is not done: it would need a sentence-embedding model
   and a threshold that separates "capital of France" from "capital of Peru", measured on
   a labelled set; neither exists in this package, and an unmeasured threshold would be a
   guess.
+
+Measured on that labelled set (tests/test_leakage_paraphrases.py): 52/52 planted leaks in
+14 evasion classes caught (the guard before this design: 14/52), 0/21 clean controls and
+0/300 pairs of distinct non-Latin instructions flagged (before: 1/21 and 300/300).
 
 Known fail-closed cases (flagged although distinct): without answers to veto, questions
 that differ only in a template word ("3 plus 4" vs "3 times 4"), or a one-letter
