@@ -36,14 +36,14 @@ def test_planted_exact_and_near_eval_vs_train():
     train = [FRANCE, PERU, item("t-3", "What is 3 plus 4?", ["7"])]
     evals = [
         item("e-exact", "  what is the CAPITAL of france  "),      # case/space/punctuation only
-        item("e-drop", "Capital of Peru?"),                            # words dropped
+        item("e-drop", "Capital of Peru?"),                            # glue/frame words dropped: near-exact
         item("e-swap", "Which city is the capital of France?"),       # word swapped
         item("e-wrap", "Answer this question: What is 3 plus 4?"),    # new wrapper, same question
         item("e-other", "What is 3 plus 5?", ["8"]),                   # same template, other fact
         item("e-other2", "What is the capital of Japan?", ["Tokyo"]),
     ]
     got = {(x["eval_id"], x["other_id"], x["kind"]) for x in find_leaks(train, evals)}
-    assert got == {("e-exact", "t-fr", "exact"), ("e-drop", "t-pe", "near"), ("e-swap", "t-fr", "near"),
+    assert got == {("e-exact", "t-fr", "exact"), ("e-drop", "t-pe", "exact"), ("e-swap", "t-fr", "near"),
                    ("e-wrap", "t-3", "near")}
 
 
@@ -128,6 +128,49 @@ def test_cli_exit_codes(tmp_path, capsys):
     no_instr = tmp_path / "noinstr.jsonl"
     no_instr.write_text('{"id": "x"}\n')
     assert cli.main(["leakage", str(tp), str(no_instr)]) == 1
+
+
+def _one_line_error(capsys, argv, *needles):
+    capsys.readouterr()
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_cli_refuses_empty_files_and_blank_instructions(tmp_path, capsys):
+    # An empty side is nothing checked, not "clean".
+    tp, ep = _files(tmp_path, [FRANCE], [item("e-1", "What is the capital of Peru?", ["Lima"])])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    _one_line_error(capsys, ["leakage", str(empty), str(ep)], "empty.jsonl", "train file holds no items")
+    _one_line_error(capsys, ["leakage", str(tp), str(empty)], "empty.jsonl", "eval file holds no items")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('{"id": "a", "instruction": "ok"}\n{"id": "b", "instruction": "   "}\n')
+    _one_line_error(capsys, ["leakage", str(tp), str(blank)], "blank.jsonl:2", "'instruction' is blank")
+    number = tmp_path / "number.jsonl"
+    number.write_text('{"id": "a", "instruction": 7}\n')
+    _one_line_error(capsys, ["leakage", str(number), str(ep)], "number.jsonl:1", "'instruction' is int")
+
+
+def test_cli_report_path_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    tp, ep = _files(tmp_path, [FRANCE], [item("e-1", "What is the capital of Peru?", ["Lima"])])
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    _one_line_error(capsys, ["leakage", str(tp), str(ep), "--report", str(folder)], "--report is a folder")
+    _one_line_error(capsys, ["leakage", str(tp), str(ep), "--report", str(tp / "r.json")], "is a file, not a folder")
+    _one_line_error(capsys, ["leakage", str(tp), str(ep), "--report", str(ep)], "would overwrite an input")
+    # An unwritable place (permissions, full disk): the OS error in one line.
+    from cai_lib import leakage
+
+    def refuse(path, obj):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(leakage, "write_json", refuse)
+    _one_line_error(capsys, ["leakage", str(tp), str(ep), "--report", str(tmp_path / "r.json")],
+                    "cannot write the report (Permission denied)")
+    assert not (tmp_path / "r.json").exists()
 
 
 def _stage01(tmp_path):
