@@ -35,7 +35,9 @@ case folding) does not.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import math
 import re
 from collections import Counter
@@ -45,6 +47,11 @@ from typing import Callable, Iterable, Sequence
 import regex as _regex
 
 from .errors import CaiError
+
+try:  # re's own parser, to vet a pattern's structure the way re reads it
+    from re import _parser as _re_parser  # Python >= 3.11
+except ImportError:  # Python 3.10
+    import sre_parse as _re_parser  # type: ignore[no-redef]
 from .jsonl import read_jsonl, write_jsonl
 
 # kind -> the parameter it needs. Kept as data so validation and docs cannot drift.
@@ -70,6 +77,11 @@ LOOSE_DETECTORS: tuple[str, ...] = ("empty", "echo")
 # only a runaway backtracking search reaches it (the verdict would then depend on the
 # machine's speed; recording it in `check_errors` keeps that visible).
 REGEX_TIMEOUT_S = 1.0
+# The regex package unrolls a piece's minimum repeat count when it compiles (a{1000000}
+# takes 2 s and 270 MB; a{99999999} exhausts memory), so validation bounds the product
+# of minimum counts along any nesting path. Real checks need \d{4}, not \d{100000}.
+MAX_REPEAT_PRODUCT = 10_000
+_REPEAT_OPS = ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
 
 # Markers that open a new prompt on a later line: the model has stopped answering and
 # started writing the next exercise of an imagined document.
@@ -309,6 +321,63 @@ def _is_num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _subpatterns(av):
+    """Every parsed sub-pattern inside one node's argument (groups, branches, lookarounds)."""
+    if isinstance(av, _re_parser.SubPattern):
+        yield av
+    elif isinstance(av, (tuple, list)):
+        for x in av:
+            yield from _subpatterns(x)
+
+
+def _repeat_product(sub) -> int:
+    """Largest product of minimum repeat counts along any nesting path (an unrolled size)."""
+    worst = 1
+    for op, av in sub:
+        if str(op) in _REPEAT_OPS:
+            lo, _hi, body = av
+            worst = max(worst, max(lo, 1) * _repeat_product(body))
+        else:
+            worst = max([worst] + [_repeat_product(x) for x in _subpatterns(av)])
+    return worst
+
+
+def _reads_as_fuzzy(pattern: str) -> bool:
+    """Does the regex package read part of `pattern` as a fuzzy-match constraint?
+
+    "x{e<=1}" is literal text to re but "x with at most one error" to regex (it matches
+    "y"). The parse dump of regex's documented DEBUG flag is the one public place that
+    says how regex read a pattern.
+    """
+    dump = io.StringIO()
+    with contextlib.redirect_stdout(dump):
+        _regex.compile(pattern, _regex.IGNORECASE | _regex.VERSION0 | _regex.DEBUG)
+    return any(line.lstrip().startswith("FUZZY") for line in dump.getvalue().splitlines())
+
+
+@functools.lru_cache(maxsize=1024)
+def _pattern_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be a check, as "it must be ..." text; None when it can.
+    Cached: every scored record re-validates its item's checks."""
+    try:
+        re.compile(pattern, re.IGNORECASE)  # the pattern language DESIGN.md promises
+    except re.error as exc:
+        return f"a valid regular expression ({exc})"
+    tree = _re_parser.parse(pattern, re.IGNORECASE)
+    if _repeat_product(tree) > MAX_REPEAT_PRODUCT:
+        return (f"a pattern whose repeat counts multiply to at most {MAX_REPEAT_PRODUCT} "
+                f"(larger counts take seconds and gigabytes to compile)")
+    try:
+        _compiled(pattern)
+        fuzzy = _reads_as_fuzzy(pattern)
+    except _regex.error as exc:
+        return f"a valid regular expression ({exc}; write a literal brace as \\{{ or [{{])"
+    if fuzzy:
+        return ("a pattern without literal {...} text such as {e<=1}, which the matcher reads as a "
+                "fuzzy-match constraint; write a literal brace as \\{ or [{]")
+    return None
+
+
 def _validate_check(check, where: str, i: int) -> None:
     field = f"checks[{i}]"
     if not isinstance(check, dict):
@@ -339,11 +408,7 @@ def _validate_check(check, where: str, i: int) -> None:
         if not isinstance(v, str) or not v:
             bad = "a non-empty regular expression string"
         else:
-            try:
-                re.compile(v, re.IGNORECASE)  # the pattern language DESIGN.md promises
-                _compiled(v)
-            except (re.error, _regex.error) as exc:
-                bad = f"a valid regular expression ({exc})"
+            bad = _pattern_problem(v)
     if bad:
         raise CaiError(f"{where}: field '{field}.{param}' is {v!r} — it must be {bad}")
 
