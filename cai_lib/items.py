@@ -20,19 +20,33 @@ def starter_items_path() -> Path:
     return Path(__file__).resolve().parent / "data" / "starter_items.jsonl"
 
 
+def _described(item: dict, field: str) -> str:
+    """How a bad required field reads in an error: missing, empty, or its JSON type."""
+    if field not in item:
+        return "missing"
+    v = item[field]
+    if isinstance(v, str):
+        return "empty"
+    kind = {type(None): "null", list: "a list", dict: "an object", bool: "a boolean"}.get(type(v), "a number")
+    shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+    return f"{kind} ({shown})" if v is not None else kind
+
+
 def validate_item(item, where: str) -> None:
     """Raise CaiError unless `item` follows the eval item schema."""
     if not isinstance(item, dict):
         raise CaiError(f"{where}: expected an item object, got {type(item).__name__}")
     iid = item.get("id")
     if not isinstance(iid, str) or not iid.strip():
-        raise CaiError(f"{where}: field 'id' is missing or empty — give the item a unique string id like \"qa-0001\"")
+        raise CaiError(f"{where}: field 'id' is {_described(item, 'id')} — give the item a unique string id "
+                       f"like \"qa-0001\"")
     where = f"{where} (id {iid})"
-    if item.get("type") not in VALID_TYPES:
+    if not isinstance(item.get("type"), str) or item["type"] not in VALID_TYPES:
         raise CaiError(f"{where}: field 'type' is {item.get('type')!r} — it must be one of {', '.join(VALID_TYPES)}")
     instr = item.get("instruction")
     if not isinstance(instr, str) or not instr.strip():
-        raise CaiError(f"{where}: field 'instruction' is missing or empty — give the raw instruction text")
+        raise CaiError(f"{where}: field 'instruction' is {_described(item, 'instruction')} — "
+                       f"give the raw instruction text as a non-empty string")
     if "checks" not in item:
         raise CaiError(f"{where}: field 'checks' is missing — add a list of checks, "
                        f'e.g. [{{"kind": "contains_any", "values": ["Paris"]}}]')

@@ -16,18 +16,42 @@ check asks about size, and only where the item says so.
 
 All matching is case-insensitive. A *word* is a whitespace-separated token holding a
 letter or a digit. This module imports no torch: `cai score` must be instant.
+
+**Regex checks run under a time limit.** A pattern such as `(a|aa)+$` backtracks
+exponentially on the wrong text (stdlib `re` took 60 s for `(a+)+$` on 29 characters,
+doubling with each one) and `re` cannot be interrupted. Item patterns are therefore
+validated as Python `re` syntax (the language DESIGN.md promises) and matched with the
+`regex` package (VERSION0, re-compatible), which defuses many such patterns outright
+and stops any search after REGEX_TIMEOUT_S. Decision: a search that runs out of time
+*fails that check* and the scored record carries `check_errors`, one sentence per
+timed-out check naming the item id, the check index and the pattern; `summarize`
+counts such records. Refusing the item file at load instead would need a static test
+for "dangerous" patterns, and every such test also refuses safe ones (`(\\w+\\s)+` is
+linear) while missing others; whether a search explodes depends on the response, which
+only exists at scoring time. Normal patterns score exactly as under `re`, except that
+`re` treats the Turkish dotless ı / dotted İ as case variants of i and `regex` (Unicode
+case folding) does not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import math
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
+
+import regex as _regex
 
 from .errors import CaiError
+
+try:  # re's own parser, to vet a pattern's structure the way re reads it
+    from re import _parser as _re_parser  # Python >= 3.11
+except ImportError:  # Python 3.10
+    import sre_parse as _re_parser  # type: ignore[no-redef]
 from .jsonl import read_jsonl, write_jsonl
 
 # kind -> the parameter it needs. Kept as data so validation and docs cannot drift.
@@ -48,6 +72,16 @@ FINISH_REASONS: tuple[str, ...] = ("eos", "length", "stop")
 LENGTH_FAILURE = "finish_reason=length"
 # Loose scoring drops `continuation` by construction (the text is cut before it).
 LOOSE_DETECTORS: tuple[str, ...] = ("empty", "echo")
+# Seconds one regex search may take. Normal item patterns finish in microseconds on any
+# response a model writes, so the limit is five orders of magnitude above real use and
+# only a runaway backtracking search reaches it (the verdict would then depend on the
+# machine's speed; recording it in `check_errors` keeps that visible).
+REGEX_TIMEOUT_S = 1.0
+# The regex package unrolls a piece's minimum repeat count when it compiles (a{1000000}
+# takes 2 s and 270 MB; a{99999999} exhausts memory), so validation bounds the product
+# of minimum counts along any nesting path. Real checks need \d{4}, not \d{100000}.
+MAX_REPEAT_PRODUCT = 10_000
+_REPEAT_OPS = ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
 
 # Markers that open a new prompt on a later line: the model has stopped answering and
 # started writing the next exercise of an imagined document.
@@ -287,13 +321,70 @@ def _is_num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _subpatterns(av):
+    """Every parsed sub-pattern inside one node's argument (groups, branches, lookarounds)."""
+    if isinstance(av, _re_parser.SubPattern):
+        yield av
+    elif isinstance(av, (tuple, list)):
+        for x in av:
+            yield from _subpatterns(x)
+
+
+def _repeat_product(sub) -> int:
+    """Largest product of minimum repeat counts along any nesting path (an unrolled size)."""
+    worst = 1
+    for op, av in sub:
+        if str(op) in _REPEAT_OPS:
+            lo, _hi, body = av
+            worst = max(worst, max(lo, 1) * _repeat_product(body))
+        else:
+            worst = max([worst] + [_repeat_product(x) for x in _subpatterns(av)])
+    return worst
+
+
+def _reads_as_fuzzy(pattern: str) -> bool:
+    """Does the regex package read part of `pattern` as a fuzzy-match constraint?
+
+    "x{e<=1}" is literal text to re but "x with at most one error" to regex (it matches
+    "y"). The parse dump of regex's documented DEBUG flag is the one public place that
+    says how regex read a pattern.
+    """
+    dump = io.StringIO()
+    with contextlib.redirect_stdout(dump):
+        _regex.compile(pattern, _regex.IGNORECASE | _regex.VERSION0 | _regex.DEBUG)
+    return any(line.lstrip().startswith("FUZZY") for line in dump.getvalue().splitlines())
+
+
+@functools.lru_cache(maxsize=1024)
+def _pattern_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be a check, as "it must be ..." text; None when it can.
+    Cached: every scored record re-validates its item's checks."""
+    try:
+        re.compile(pattern, re.IGNORECASE)  # the pattern language DESIGN.md promises
+    except re.error as exc:
+        return f"a valid regular expression ({exc})"
+    tree = _re_parser.parse(pattern, re.IGNORECASE)
+    if _repeat_product(tree) > MAX_REPEAT_PRODUCT:
+        return (f"a pattern whose repeat counts multiply to at most {MAX_REPEAT_PRODUCT} "
+                f"(larger counts take seconds and gigabytes to compile)")
+    try:
+        _compiled(pattern)
+        fuzzy = _reads_as_fuzzy(pattern)
+    except _regex.error as exc:
+        return f"a valid regular expression ({exc}; write a literal brace as \\{{ or [{{])"
+    if fuzzy:
+        return ("a pattern without literal {...} text such as {e<=1}, which the matcher reads as a "
+                "fuzzy-match constraint; write a literal brace as \\{ or [{]")
+    return None
+
+
 def _validate_check(check, where: str, i: int) -> None:
     field = f"checks[{i}]"
     if not isinstance(check, dict):
         raise CaiError(f"{where}: field '{field}' must be an object like "
                        f'{{"kind": "contains_any", "values": ["Paris"]}}')
     kind = check.get("kind")
-    if kind not in CHECK_KINDS:
+    if not isinstance(kind, str) or kind not in CHECK_KINDS:
         raise CaiError(f"{where}: field '{field}.kind' is {kind!r}, not a known check kind "
                        f"— use one of {', '.join(CHECK_KINDS)}")
     param = CHECK_KINDS[kind]
@@ -317,10 +408,7 @@ def _validate_check(check, where: str, i: int) -> None:
         if not isinstance(v, str) or not v:
             bad = "a non-empty regular expression string"
         else:
-            try:
-                _compiled(v)
-            except re.error as exc:
-                bad = f"a valid regular expression ({exc})"
+            bad = _pattern_problem(v)
     if bad:
         raise CaiError(f"{where}: field '{field}.{param}' is {v!r} — it must be {bad}")
 
@@ -334,8 +422,14 @@ def validate_checks(checks, where: str) -> None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(pattern: str) -> re.Pattern:
-    return re.compile(pattern, re.IGNORECASE)
+def _compiled(pattern: str):
+    """The `regex` package's compiled pattern: same syntax as re, but searches can time out."""
+    return _regex.compile(pattern, _regex.IGNORECASE | _regex.VERSION0)
+
+
+def _regex_search(pattern: str, text: str) -> bool:
+    """Does `pattern` match somewhere in `text`? Raises TimeoutError after REGEX_TIMEOUT_S."""
+    return _compiled(pattern).search(text, timeout=REGEX_TIMEOUT_S) is not None
 
 
 def _passes(check: dict, text: str) -> bool:
@@ -361,14 +455,39 @@ def _passes(check: dict, text: str) -> bool:
     if kind == "yes_no":
         return first_yes_no(text) == check["value"].lower()
     if kind == "regex":
-        return _compiled(check["pattern"]).search(text) is not None
+        return _regex_search(check["pattern"], text)
     raise AssertionError(kind)  # unreachable after validation
 
 
 def check_passes(check: dict, text: str) -> bool:
-    """Does `text` satisfy one check? Validates the check first (CaiError if malformed)."""
+    """Does `text` satisfy one check? Validates the check first (CaiError if malformed).
+    A regex search that runs out of time is a failed check (see the module docstring)."""
     _validate_check(check, "check", 0)
-    return _passes(check, text)
+    try:
+        return _passes(check, text)
+    except TimeoutError:
+        return False
+
+
+def _failed_checks(checks: Sequence[dict], text: str, on_timeout: Callable[[int, dict], None]) -> list[str]:
+    """Kinds of the checks `text` fails. A regex search that runs out of time counts as
+    failed, and `on_timeout(index, check)` records why."""
+    failed = []
+    for i, check in enumerate(checks):
+        try:
+            ok = _passes(check, text)
+        except TimeoutError:
+            on_timeout(i, check)
+            ok = False
+        if not ok:
+            failed.append(check["kind"])
+    return failed
+
+
+def _timeout_note(rec: dict, i: int, check: dict, text: str, what: str) -> str:
+    return (f"id {rec.get('id', '(none)')}: checks[{i}] regex {check['pattern']!r} found no answer within "
+            f"{REGEX_TIMEOUT_S:g} s on the {len(text)}-character {what} — counted as failed; rewrite the "
+            f"pattern without nested or overlapping repeats such as (a+)+ or (a|aa)+")
 
 
 # --------------------------------------------------------------------------- records
@@ -405,17 +524,27 @@ def score_record(rec: dict, where: str = "record") -> dict:
     response, instruction, checks = rec["response"], rec["instruction"], rec["checks"]
     stopped = rec["finish_reason"] != "length"
 
+    notes: list[str] = []
+
     fired = detect(response, instruction)
-    failed_checks = [c["kind"] for c in checks if not _passes(c, response)]
+    failed_checks = _failed_checks(checks, response,
+                                   lambda i, c: notes.append(_timeout_note(rec, i, c, response, "response")))
     failures = _dedupe(failed_checks + fired + ([] if stopped else [LENGTH_FAILURE]))
 
     cut = loose_cut(response, instruction)
-    loose_failures = _dedupe([c["kind"] for c in checks if not _passes(c, cut)]
-                             + [d for d in detect(cut, instruction) if d in LOOSE_DETECTORS])
+    if cut == response:  # nothing was cut: the same pure checks would give the same answers
+        cut_failed, cut_fired = failed_checks, fired
+    else:
+        cut_failed = _failed_checks(checks, cut,
+                                    lambda i, c: notes.append(_timeout_note(rec, i, c, cut, "loose cut")))
+        cut_fired = detect(cut, instruction)
+    loose_failures = _dedupe(cut_failed + [d for d in cut_fired if d in LOOSE_DETECTORS])
 
     out = dict(rec)
     out.update(strict=not failures, loose=not loose_failures, form=not fired and stopped,
                failures=failures, loose_failures=loose_failures)
+    if notes:  # only then, so records of normal runs keep their shape
+        out["check_errors"] = notes
     return out
 
 
@@ -451,40 +580,52 @@ def summarize(scored: Sequence[dict], by: Sequence[str] | str = ("type",)) -> di
     for field in ("failures", "loose_failures"):
         counts = Counter(name for r in scored for name in r.get(field, []))
         out[field] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    timed_out = sum(1 for r in scored if r.get("check_errors"))
+    if timed_out:  # a regex ran out of time: say so where the reader looks first
+        out["check_errors"] = timed_out
     return out
 
 
 def read_records(path, what: str = "records") -> tuple[list[dict], list[int]]:
     """read_jsonl plus line numbers; a folder, unreadable or empty file is a one-line CaiError."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError:
+        is_dir = False  # read_jsonl names the OS error
+    if is_dir:
         raise CaiError(f"{path}: is a folder — pass the JSONL file of {what}")
     lines: list[int] = []
-    try:
-        rows = read_jsonl(path, line_numbers=lines)
-    except OSError as exc:
-        raise CaiError(f"{path}: cannot read ({exc.strerror}) — check the path and permissions") from None
+    rows = read_jsonl(path, line_numbers=lines)
     if not rows:
         raise CaiError(f"{path}: no {what} — the file is empty; pass a JSONL file with one object per line")
     return rows, lines
 
 
+def _check_output_path(out) -> None:
+    """Refuse an output path that is a folder before any scoring time is spent."""
+    try:
+        is_dir = Path(out).is_dir()
+    except OSError:
+        is_dir = False  # write_jsonl names the OS error
+    if is_dir:
+        raise CaiError(f"{out}: is a folder — pass a file path for the scored records (-o OUT.jsonl)")
+
+
 def score_file(path, out=None, by: Sequence[str] | None = None) -> dict:
     """Score a JSONL of response records; write scored records atomically to `out`.
 
-    Nothing is written unless every record scores, so bad input leaves no partial file.
+    Nothing is written unless every record scores, so bad input leaves no partial file;
+    a failed write (full disk) leaves no file either (write_jsonl is atomic).
     The summary groups by type and, where records carry one, by prompt `format`.
     """
+    if out:
+        _check_output_path(out)
     rows, lines = read_records(path, "response records")
     scored = [score_record(r, f"{path}:{ln}") for r, ln in zip(rows, lines)]
     if by is None:
         by = ("type",) + (("format",) if any("format" in r for r in rows) else ())
     summary = summarize(scored, by=by)
     if out:
-        if Path(out).is_dir():
-            raise CaiError(f"{out}: is a folder — pass a file path for the scored records (-o OUT.jsonl)")
-        try:
-            write_jsonl(out, scored)
-        except OSError as exc:
-            raise CaiError(f"{out}: cannot write ({exc.strerror}) — choose a writable output path") from None
+        write_jsonl(out, scored)  # a CaiError naming `out` if it cannot be written
     return summary

@@ -211,11 +211,22 @@ METHODS = {
 }
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _index(records: Sequence[dict], field: str, name: str) -> dict:
     out: dict = {}
     for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise CaiError(f"{name}: record {i + 1} is {type(r).__name__}, not an object — pass scored records")
         if "id" not in r:
             raise CaiError(f"{name}: record {i + 1} has no 'id' — score the eval responses with `cai score`")
+        # Ids pair the two files, so they must be plain values: a list cannot be looked
+        # up and null would pair unrelated records.
+        if not (isinstance(r["id"], str) and r["id"].strip()) and not _is_int(r["id"]):
+            raise CaiError(f"{name}: record {i + 1} field 'id' is {r['id']!r} — ids must be non-empty strings "
+                           f"(the eval item ids)")
         if field not in r:
             raise CaiError(f"{name}: record {r['id']!r} has no {field!r} field — score it with `cai score` first")
         v = r[field]
