@@ -118,6 +118,13 @@ def main(argv=None) -> int:
     sizes = [int(x) for x in a.batch_sizes.split(",")]
     items = eval_items(max(a.n, a.n1, a.cert_sample))
     prompts = [it["instruction"] for it in items]
+    if a.shape:  # the shapes' word tokenizer knows only "w<id>" words: random texts of 20-80 words
+        import random
+
+        import gpu_shapes
+        rng = random.Random(0)
+        prompts = [gpu_shapes.random_text(rng, rng.randint(20, 80)) for _ in prompts]
+        a.cert_sample = 0  # random weights: agreement says nothing (reports/benchmarks.md)
     env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "load_average_start": os.getloadavg()[0]}
     if torch.cuda.is_available():

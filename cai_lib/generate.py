@@ -127,8 +127,13 @@ def compiles_decoding(model) -> bool:
 # and saved 26.1 ms per step at batch 64 (29.6 -> 3.5) and 30.2 ms at 256 (36.1 -> 5.9):
 # 45 s / 26.1 ms ~ 1,700 steps.
 STATIC_MIN_STEPS = 1700
-CPU_MEASURE = ("auto: CPU, dynamic measured faster (2 cores, embedded 270M fp32: static took 2-3x the "
-               "time per step; reports/benchmarks.md)")
+# CPU (2 cores shared with other work at load 5-9, embedded Gemma 3 270M fp32, transformers
+# 5.24, eval prompts; nothing is compiled on CPU): CPU seconds static/dynamic were 1.96x at
+# batch 1 and 0.88x at batch 8 (24 new tokens, one run each), and 0.73x then 1.00x at batch 16
+# (48 new tokens, the cpu-quick setting, two interleaved runs). No clear gain at the profile's
+# batch, a clear loss at batch 1 (the determinism reference): dynamic stays the CPU default.
+CPU_MEASURE = ("auto: CPU, dynamic (static measured 1.96x the CPU time at batch 1 and 0.73-1.00x at "
+               "batch 16, 2 cores; reports/benchmarks.md)")
 
 
 def pick_cache(model, requested: str = "auto", *, decode_steps: int | None = None,
@@ -141,7 +146,7 @@ def pick_cache(model, requested: str = "auto", *, decode_steps: int | None = Non
     - CUDA, bitsandbytes 4/8-bit: dynamic. transformers does not compile these models, so a
       static cache keeps the launch overhead that makes small-model decoding slow and adds
       padding work (not measured on a GPU: the device budget ran out).
-    - CPU: dynamic. Nothing is compiled on CPU, and static measured slower (CPU_MEASURE).
+    - CPU: dynamic (measured, CPU_MEASURE); nothing is compiled on CPU.
     Explicit "static"/"dynamic" are honoured as asked.
     """
     if requested not in GEN_CACHES:

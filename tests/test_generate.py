@@ -290,7 +290,8 @@ def test_early_finished_rows_are_counted(lm, tok):
 
 
 def test_pick_cache_choices(lm):
-    assert gen.pick_cache(lm, "auto")[0] == "dynamic"  # CPU: measured (see pick_cache)
+    kind, why = gen.pick_cache(lm, "auto", decode_steps=10**6)  # CPU: measured (see pick_cache)
+    assert kind == "dynamic" and why == gen.CPU_MEASURE
     assert gen.pick_cache(lm, "static") == ("static", "requested")
     assert gen.pick_cache(lm, "dynamic") == ("dynamic", "requested")
     with pytest.raises(CaiError, match="gen_cache"):
@@ -431,3 +432,4 @@ def test_cuda_static_compiles_and_matches_dynamic(tok):
     assert info["cache"] == "static" and info["compiled"] and info["fallback"] is None
     assert info["shapes"] == [(4, 128)]  # 15 prompts at batch 4: the last 3 padded to 4, one shape
     assert [r["response"] for r in sta] == [r["response"] for r in dyn]  # fp32: same greedy text
+

@@ -74,6 +74,10 @@ PY
         | grep -v -i warn | tee "$OUT/decoding.log"
       [ "${DECODE_4BIT:-1}" = 1 ] && python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_4bit.json" \
         --quantizations 4bit --batch-sizes 64,256 --cert-sample 0 2>&1 | grep -v -i warn | tee -a "$OUT/decoding.log"
+      # random-weight Qwen2.5-7B shape in 4-bit (issue 13 item 5); its own call: building it takes minutes
+      [ "${DECODE_7B:-0}" = 1 ] && python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_7b_4bit.json" \
+        --shape qwen7b --models $M --quantizations 4bit --batch-sizes 1,32 --n 64 --n1 4 --cert-sample 0 2>&1 \
+        | grep -v -i warn | tee -a "$OUT/decoding.log"
       ;;
     gputest)
       # every CUDA-marked test: tests/test_gpu.py and the three training backends of tests/test_train.py
