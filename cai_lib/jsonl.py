@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -77,7 +78,9 @@ def _loads(text: str, where: str):
         raise CaiError(f"{where}: JSON nested too deeply to read — flatten the structure "
                        f"(a few levels are all any record needs)") from None
     except ValueError as exc:  # Python's limit on digits in an integer (sys.set_int_max_str_digits)
-        raise CaiError(f"{where}: a number in it is too long to read ({exc}) — "
+        limit = getattr(sys, "get_int_max_str_digits", lambda: None)()
+        why = f"more than {limit} digits, Python's limit" if limit and "digits" in str(exc) else str(exc)
+        raise CaiError(f"{where}: a number in it is too long to read ({why}) — "
                        f"store such a value as a string") from None
     if _SURROGATE_ESCAPE.search(text):
         try:
