@@ -115,7 +115,7 @@ def main(argv=None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    sizes = [int(x) for x in a.batch_sizes.split(",")]
+    sizes = [int(x) for x in a.batch_sizes.split(",") if x]  # "" = certificate only (give --cert-batch)
     items = eval_items(max(a.n, a.n1, a.cert_sample))
     prompts = [it["instruction"] for it in items]
     if a.shape:  # the shapes' word tokenizer knows only "w<id>" words: random texts of 20-80 words
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
                       f"{r['row_tokens_per_s']:9.1f} row-tok/s, row-step use {r['row_step_use']:.2f}, "
                       f"compiled {r['compiled']}, shapes {r['shapes']}", flush=True)
             if a.cert_sample and cache in a.cert_caches.split(","):
-                cb = a.cert_batch or max(sizes)
+                cb = a.cert_batch or max(sizes, default=16)
                 t0 = time.perf_counter()
                 c = comparability_certificate(model, tok, items[: a.cert_sample], max_new_tokens=a.max_new_tokens,
                                               batch_size=cb, cache=cache)
