@@ -262,8 +262,9 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
     padding) and an out-of-memory shows up on the first batch. On CUDA OOM the batch size is
     halved and the batch retried; the smaller size is kept for the rest.
 
-    cache: one of GEN_CACHES (see pick_cache). With auto, a static cache that fails on the
-    first batch falls back to the dynamic one for the rest of the call (said in `info`).
+    cache: one of GEN_CACHES (see pick_cache). Under auto, a batch that fails with the static
+    cache is retried with the dynamic one, which decodes the rest of the call (`info` names the
+    error under "fallback"); an explicit static that fails is a one-line CaiError.
     info: a dict filled with how the call decoded - cache kind and why, whether the decoding
     step was compiled, the (rows, cache length) shapes used, fallback, and the row-steps paid
     against the tokens kept (the cost of rows that finished early but stayed in their batch).
