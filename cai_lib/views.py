@@ -84,7 +84,8 @@ def guard_table(loaded, guard: dict):
         {"check": "chat template", "result": "removed" if guard.get("chat_template_removed") else
             ("none present" if not guard.get("had_chat_template") else "STILL PRESENT")},
         {"check": "chat template now", "result": "none" if not guard.get("chat_template_now") else "PRESENT"},
-        {"check": "BOS policy", "result": f"{guard.get('bos_policy')} ({guard.get('bos_token') or 'no BOS token'})"},
+        {"check": "BOS policy", "result": f"{guard.get('bos_policy')}"
+                                          + (f" ({guard['bos_token']})" if guard.get("bos_token") else "")},
         {"check": "chat markers checked in every prompt", "result": len(guard.get("chat_markers_checked") or [])},
     ]
     ic = guard.get("instruct_check") or {}
