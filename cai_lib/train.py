@@ -112,6 +112,14 @@ def completion_text(prompt: str, text: str, leading_space: bool) -> str:
     return ("" if prompt.endswith("\n") else "\n") + body
 
 
+def answer_text(row: dict, key: str) -> str:
+    """The raw answer of a pair: `chosen_answer` / `rejected_answer` when the file has them
+    (pairs.trl_record), else `chosen` / `rejected` (hand-made files). The separator is always
+    the config's, so a file written with another `chosen_leading_space` trains consistently."""
+    raw = row.get(f"{key}_answer")
+    return raw if isinstance(raw, str) else row[key]
+
+
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """The ids evaluation feeds the model: `guard.encode_prompts` (one BOS where the
     tokenizer/model use one, then the raw text; chat markers refused), shared with
@@ -141,7 +149,8 @@ def encode_pair(tokenizer, row: dict, *, leading_space: bool) -> dict:
     # the guard's set: all_special_ids misses added specials such as Gemma's <start_of_turn>
     specials = guard.special_ids(tokenizer)
     for key in ("chosen", "rejected"):
-        ids, merged = _encode_completion(tokenizer, prompt, body, completion_text(prompt, row[key], leading_space))
+        ids, merged = _encode_completion(tokenizer, prompt, body,
+                                         completion_text(prompt, answer_text(row, key), leading_space))
         out["special_in_completion"] |= any(t in specials for t in ids)
         out[f"{key}_ids"] = ids + [eos]
         out["boundary_retokenized"] |= merged
@@ -154,10 +163,11 @@ def prepare_pairs(tokenizer, rows: list[dict], cfg, *, source="pairs") -> tuple[
               "dropped_empty": 0, "dropped_identical": 0, "dropped_special_tokens": 0, "boundary_retokenized": 0}
     records = []
     for i, row in enumerate(rows, 1):
-        if not row["chosen"].strip() or not row["rejected"].strip():
+        chosen, rejected = answer_text(row, "chosen"), answer_text(row, "rejected")
+        if not chosen.strip() or not rejected.strip():
             counts["dropped_empty"] += 1
             continue
-        if row["chosen"].strip() == row["rejected"].strip():
+        if chosen.strip() == rejected.strip():
             counts["dropped_identical"] += 1
             continue
         try:

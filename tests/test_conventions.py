@@ -192,3 +192,55 @@ def test_the_verdict_goes_into_the_card_without_changing_the_adapters_hash(train
     assert stages.hash_path(run / "adapter") == before  # stage 02's output is unchanged
     (run / "adapter" / "adapter_config.json").write_text("{}")  # anything else still counts
     assert stages.hash_path(run / "adapter") != before
+
+
+# ---- pairs in the text TRL trains on --------------------------------------------------------
+
+@pytest.mark.parametrize("leading_space", [False, True])
+def test_pairs_file_holds_the_text_trl_trains_on(tiny_tok, tmp_path, leading_space):
+    from datasets import load_dataset
+
+    from cai_lib.pairs import trl_record
+    raw = {"prompt": "Name one colour.", "chosen": "Blue.", "rejected": "Blue. Name one animal. Cat.",
+           "item_id": "c1", "type": "short"}
+    rec = trl_record(raw, leading_space)
+    sep = " " if leading_space else "\n"
+    assert (rec["chosen"], rec["rejected"]) == (sep + "Blue.", sep + "Blue. Name one animal. Cat.")
+    assert (rec["chosen_answer"], rec["rejected_answer"]) == ("Blue.", "Blue. Name one animal. Cat.")
+    write_jsonl(tmp_path / "p.jsonl", [rec])
+    row = load_dataset("json", data_files=str(tmp_path / "p.jsonl"), split="train")[0]
+    # what cai trains on, decoded, is the file's prompt + chosen (+ EOS, which TRL appends too)
+    enc = train.encode_pair(tiny_tok, row, leading_space=leading_space)
+    text = tiny_tok.decode(enc["prompt_ids"] + enc["chosen_ids"], skip_special_tokens=False)
+    assert text == tiny_tok.bos_token + row["prompt"] + row["chosen"] + tiny_tok.eos_token
+    # the same ids as from the raw answer (files written before this change still train the same)
+    assert train.encode_pair(tiny_tok, raw, leading_space=leading_space) == enc
+
+
+# ---- cai --version, argument help, exit codes ------------------------------------------------
+
+def test_cai_version_is_the_package_version(capsys):
+    import tomllib
+
+    from cai_lib.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    version = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out.strip() == f"cai-stage1 {version}"
+
+
+def test_every_argument_has_help_and_every_command_lists_its_exit_codes():
+    import argparse
+
+    from cai_lib.cli import EXIT_CODES, build_parser
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subs.choices) == set(EXIT_CODES)
+    for name, sp in subs.choices.items():
+        missing = [a.dest for a in sp._actions if not isinstance(a, argparse._HelpAction) and not a.help]
+        assert not missing, f"cai {name}: no help for {missing}"
+        text = sp.format_help()
+        assert "exit codes:" in text and "  0    done" in text and "  1    bad input" in text, name
+    assert "3    --strict" in subs.choices["run"].format_help()
+    assert "a leak was found" in subs.choices["leakage"].format_help()
