@@ -103,7 +103,7 @@ def check(smi_output: str, *, pins: dict[str, str], wheel_cuda: str | None, use_
         return True, f"ok: reusing the system torch {version} (CUDA {cuda}) on a driver with CUDA {driver}"
     source = "the PyPI wheel"
     if torch_index_url:
-        wheel_cuda, source = index_cuda(torch_index_url), f"the wheel from {torch_index_url}"
+        wheel_cuda, source = index_cuda(torch_index_url), torch_index_url
         if wheel_cuda is None:
             return False, (f"TORCH_INDEX_URL={torch_index_url}: cannot read the CUDA version from it — give the "
                            "PyTorch index URL that ends in /cuXYZ (e.g. .../cu126)")

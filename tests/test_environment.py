@@ -237,3 +237,13 @@ def test_make_setup_on_a_too_old_driver_stops_with_one_line_before_installing(tm
     errors = [x for x in out.stderr.splitlines() if x.startswith("check_gpu_env: error:")]
     assert len(errors) == 1 and "CUDA 13.0" in errors[0] and "12.4" in errors[0]
     assert not (tmp_path / "v").exists()  # nothing created, nothing downloaded
+
+
+def test_driver_check_on_the_lent_h200s_own_readings():
+    """nvidia-smi's header and the image's torch as captured on the H200 (2026-12-03)."""
+    smi = "| NVIDIA-SMI 580.159.04             Driver Version: 580.159.04     CUDA Version: 13.0     |"
+    pins, cuda = check_gpu_env.read_constraints(ROOT / "constraints-gpu.txt")
+    assert check_gpu_env.check(smi, pins=pins, wheel_cuda=cuda)[0]
+    ok, line = check_gpu_env.check(smi, pins=pins, wheel_cuda=cuda, use_system_torch=True,
+                                   system=("2.11.0+cu130", "13.0"))
+    assert ok and "reusing the system torch 2.11.0+cu130" in line
