@@ -57,11 +57,36 @@ def _cmd_train(a):
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cai", description="cai-stage1: Stage 1 bootstrap of a base model.")
-    sub = p.add_subparsers(dest="command", required=True)
+# Exit codes, shown in every `cai <cmd> --help` (argparse itself exits 2 on a usage error).
+_COMMON_EXITS = ("  0    done\n"
+                 "  1    bad input or environment: one line on stderr naming the file/key and the fix\n"
+                 "  2    usage error (unknown option, missing argument)\n"
+                 "  130  interrupted (Ctrl-C): rerun the same command to resume")
+EXIT_CODES = {
+    "run": _COMMON_EXITS + "\n  3    --strict and the Stage 1 gate verdict is not PASS",
+    "score": _COMMON_EXITS,
+    "leakage": _COMMON_EXITS + "\n  2    also: a leak was found (the eval set overlaps training or few-shot data)",
+    "stats": _COMMON_EXITS,
+    "eval": _COMMON_EXITS + "\n  2    also: the items leak into the run's training or few-shot data",
+    "train": _COMMON_EXITS + "\n  N    with several processes: accelerate launch's own exit status",
+}
 
-    r = sub.add_parser("run", help="execute the stage notebooks with papermill and render HTML")
+
+def _sub(sub, name: str, help: str, description: str | None = None):
+    return sub.add_parser(name, help=help, description=description or help,
+                          epilog="exit codes:\n" + EXIT_CODES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    p = argparse.ArgumentParser(prog="cai", description="cai-stage1: Stage 1 bootstrap of a base model.",
+                                epilog="`cai <command> --help` shows each command's arguments and exit codes.")
+    p.add_argument("--version", action="version", version=f"cai-stage1 {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+
+    r = _sub(sub, "run", "execute the stage notebooks with papermill and render HTML",
+             "Run the pipeline's stage notebooks (00 baseline … 04 report) for one run; each stage prints one "
+             "progress line and the report's path; the gate verdict at the end.")
     r.add_argument("--profile", default=None,
                    help="profile name in notebooks/params or a YAML path (default: an existing run's own "
                         "config.json, else cpu-quick)")
@@ -73,33 +98,35 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strict", action="store_true", help="exit 3 unless the gate verdict is PASS")
     r.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("score", help="score response records (strict/loose/form)")
-    s.add_argument("responses")
-    s.add_argument("-o", "--output", default=None)
+    s = _sub(sub, "score", "score response records (strict/loose/form)")
+    s.add_argument("responses", help="JSONL of response records (id, type, instruction, checks, response)")
+    s.add_argument("-o", "--output", default=None, help="write the scored records here (JSONL); the summary "
+                                                        "is printed either way")
     s.set_defaults(func=_cmd_score)
 
-    lk = sub.add_parser("leakage", help="check an eval set against a train set for leaks")
-    lk.add_argument("train")
-    lk.add_argument("eval")
-    lk.add_argument("--report", default=None)
+    lk = _sub(sub, "leakage", "check an eval set against a train set for leaks")
+    lk.add_argument("train", help="training items (JSONL with id and instruction)")
+    lk.add_argument("eval", help="evaluation items (JSONL with id and instruction)")
+    lk.add_argument("--report", default=None, help="write the overlap report (JSON) here")
     lk.set_defaults(func=_cmd_leakage)
 
-    st = sub.add_parser("stats", help="paired statistics of base vs trained scored records")
-    st.add_argument("base")
-    st.add_argument("trained")
-    st.add_argument("--field", default="strict", choices=["strict", "loose", "form"])
+    st = _sub(sub, "stats", "paired statistics of base vs trained scored records")
+    st.add_argument("base", help="scored records of the base model (JSONL, from cai score or cai eval)")
+    st.add_argument("trained", help="scored records of the trained model, same ids")
+    st.add_argument("--field", default="strict", choices=["strict", "loose", "form"],
+                    help="the pass/fail field compared (default: strict)")
     st.set_defaults(func=_cmd_stats)
 
-    ev = sub.add_parser("eval", help="evaluate a run's base and trained model on any item file")
-    ev.add_argument("--run", required=True)
-    ev.add_argument("--items", required=True)
+    ev = _sub(sub, "eval", "evaluate a run's base and trained model on any item file")
+    ev.add_argument("--run", required=True, help="run directory with config.json and adapter/")
+    ev.add_argument("--items", required=True, help="eval items (JSONL, the schema of cai_lib/items.py)")
     ev.add_argument("-o", "--output", default=None,
                     help="output folder (default: RUN/evals/<items name>); never inside a run's results/, data/, "
                          "adapter/ or checkpoints/")
     ev.add_argument("--force", action="store_true", help="replace results already in the output folder")
     ev.set_defaults(func=_cmd_eval)
 
-    tr = sub.add_parser("train", help="run stage 02 (DPO) for a run directory, on one or several processes")
+    tr = _sub(sub, "train", "run stage 02 (DPO) for a run directory, on one or several processes")
     tr.add_argument("--run", required=True, help="run directory with config.json and data/preference_pairs.jsonl")
     tr.add_argument("--accelerate-config", default=None, help="accelerate config, e.g. configs/accelerate/ddp.yaml")
     tr.add_argument("--num-processes", type=int, default=None, help="processes (GPUs) to launch")

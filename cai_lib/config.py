@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .constants import (BACKENDS, DTYPES, GATE_FIELDS, GEN_CACHES, GEN_QUANTIZATIONS, PAIR_STRATEGIES,
-                        QUANTIZATIONS)
+                        QUANTIZATIONS, REPORT_TO)
 from .errors import CaiError
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "params"
@@ -128,6 +128,10 @@ class RunConfig:
     # Unsloth's torch.compile: on an H100 it cost ~83 s once at the first step and saved
     # ~0.18 s per later step (270M shape), paying off only after ~450 steps.
     unsloth_compile: bool = _p(False, "Unsloth torch.compile; pays off only on long runs", kind=bool)
+    # Live curves during a long run, through TRL's own integrations. The curves in the report
+    # come from the trainer's log_history either way (results/training_log.json).
+    report_to: str = _p("none", "TRL metrics sink: none | tensorboard (<run>/tensorboard, offline) | trackio (local) "
+                        "| wandb | mlflow — the package must be installed", kind=str, choices=REPORT_TO)
 
     # ---- 03 evaluate --------------------------------------------------------------------
     eval_max_new_tokens: int = _p(48, "greedy, no stop strings", kind=int, lo=1)

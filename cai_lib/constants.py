@@ -15,3 +15,6 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 PAIR_STRATEGIES = ("format_distillation", "critique_revision")
 GATE_FIELDS = ("strict", "loose")
 PURPOSES = ("generate", "train")
+# Where TRL sends training metrics (TrainingArguments.report_to); "none" keeps them in
+# results/training_log.json only. tensorboard and trackio write locally (offline).
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb", "mlflow")

@@ -20,6 +20,8 @@ from . import manifest, stages as stage_state
 from .config import RunConfig, load_profile
 from .errors import CaiError
 from .jsonl import read_json, sha256_file, write_json
+from .model_card import refresh_model_card
+from .progress import StageProgress
 from .runs import PROJECT_ROOT, base_dir, check_run_id, new_run_id, run_paths, runs_root
 from .stages import STAGES, Stage
 
@@ -179,13 +181,14 @@ def run_pipeline(profile: str | None = None, run_id: str = "", stages: str | Non
         t0 = time.time()
         manifest.update_stage(run_dir, stage.key, status="running", started=t0, decision=f"run: {why}",
                               outputs=None)
+        progress = StageProgress(f"stage {stage.key} {stage.notebook}")  # its own progress, one line
         try:
             pm.execute_notebook(str(nb_path), str(executed), parameters={"run_id": run_id, "overwrite": True},
                                 kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False,
-                                # CAI_NOTEBOOK_LOG=1 streams cell output (progress bars) to this console:
-                                # the only view into a long stage on a remote machine
-                                log_output=os.environ.get("CAI_NOTEBOOK_LOG") == "1")
+                                # CAI_NOTEBOOK_LOG=1 streams all cell output (debugging a stage)
+                                log_output=os.environ.get("CAI_NOTEBOOK_LOG") == "1", stderr_file=progress)
         except Exception as exc:  # papermill wraps the kernel's exception
+            progress.close()
             _safe_update_stage(run_dir, stage.key, status="failed", seconds=round(time.time() - t0, 1))
             if executed.exists():
                 try:
@@ -193,6 +196,7 @@ def run_pipeline(profile: str | None = None, run_id: str = "", stages: str | Non
                 except Exception:  # the HTML of a failed stage is a courtesy, not a requirement
                     pass
             raise _stage_error(stage, exc, executed) from None
+        progress.close()
         html = _render_html(executed)
         seconds = round(time.time() - t0, 1)
         status = manifest.load(run_dir).get("stages", {}).get(stage.key, {}).get("status")
@@ -214,6 +218,7 @@ def run_pipeline(profile: str | None = None, run_id: str = "", stages: str | Non
         print(f"gate verdict: {verdict}")
         for reason in gate.get("reasons", []):
             print(f"  - {reason}")
+        refresh_model_card(run_dir)  # the adapter's README.md gets the verdict and its figures
     elif paths.gate.exists():
         print(f"gate: not current (stage 04 {stage_state.problem(run_dir, '04', cfg)}) — run --stages 04")
     print(f"report: {out_dir}")

@@ -160,8 +160,8 @@ def _refuse_broken_transformers(out_dir: Path) -> None:
     if not ok:
         raise CaiError(
             f"transformers {v} converts the Gemma GGUF tokenizer wrongly (fixed in 5.18); convert with transformers>=5.24 "
-            f"(the CPU setup: `make setup`, then load embedded:gemma-3-270m once) and copy the folder "
-            f"{out_dir.name}/ into $CAI_MODEL_CACHE (now {out_dir.parent}) on this machine"
+            f"— run `make embedded-model` (a side environment with the CPU version set, any machine), or copy "
+            f"a converted folder {out_dir.name}/ into $CAI_MODEL_CACHE (now {out_dir.parent}) on this machine"
         )
 
 
@@ -334,3 +334,21 @@ def _sidecar_sha(path: Path) -> str | None:
             if len(parts) >= 2 and parts[-1].lstrip("*") == path.name:
                 return parts[0]
     return None
+
+
+def main() -> int:
+    """`python -m cai_lib.embedded`: convert (or find) the embedded model; `make embedded-model` runs it."""
+    import sys
+    try:
+        folder = embedded_model_dir()
+    except CaiError as exc:
+        print(f"embedded model: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    info = conversion_info(folder) or {}
+    sentinel = (info.get("sentinel") or {}).get("continuation", "")
+    print(f"embedded model ready: {folder}\n  sentinel: {SENTINEL_PROMPT!r} -> {sentinel!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,7 +14,9 @@ Two strategies, picked per profile (`cfg.pair_strategy`):
 Conventions (shared with `train.py`; see DESIGN.md's contracts):
 
 * ``prompt`` is the item's instruction *exactly* as evaluation presents it (raw, no frame).
-* ``chosen`` / ``rejected`` are answer texts with surrounding whitespace stripped.
+* ``chosen`` / ``rejected`` are answer texts with surrounding whitespace stripped; the
+  file holds them as TRL trains on them (`trl_record`: separator + answer in ``chosen`` /
+  ``rejected``, the stripped answers in ``chosen_answer`` / ``rejected_answer``).
   `train.encode_pair` adds the separator on the completion side (``"\\n" + chosen`` when
   cfg.chosen_leading_space is False, ``" " + chosen`` when True) and appends EOS, so the
   prompt tokens equal evaluation's and chosen ends where an answer should end: the
@@ -287,6 +289,17 @@ def _make_pair(item, strategy, chosen, ch_fr, ch_score, rejected, rj_fr, *, fews
     }
 
 
+def trl_record(pair: dict, leading_space: bool) -> dict:
+    """The pair as written to preference_pairs.jsonl: `chosen`/`rejected` in the exact text TRL
+    trains on after `prompt` (the separator included; TRL appends EOS itself), so stock TRL on
+    `load_dataset("json", ...)` of the file trains what cai trains. The stripped answers stay
+    in `chosen_answer` / `rejected_answer`, which `train.encode_pair` reads."""
+    from .train import completion_text
+    return {**pair, "chosen": completion_text(pair["prompt"], pair["chosen"], leading_space),
+            "rejected": completion_text(pair["prompt"], pair["rejected"], leading_space),
+            "chosen_answer": pair["chosen"], "rejected_answer": pair["rejected"]}
+
+
 def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | None = None,
                 generate_fn: Callable | None = None, rotate_fn: Callable | None = None,
                 progress: bool = True) -> tuple[list[dict], list[dict]]:
@@ -384,7 +397,7 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
     for t in timing.values():  # throughput of what this call generated (resumed rows excluded)
         t["wall_s"] = round(t["wall_s"], 3)
         t["new_tokens_per_s"] = round(t["new_tokens"] / t["wall_s"], 2) if t["wall_s"] > 0 else None
-    write_jsonl(paths.preference_pairs, pairs)
+    write_jsonl(paths.preference_pairs, [trl_record(p, cfg.chosen_leading_space) for p in pairs])
     write_json(paths.pair_stats, pair_diagnostics(pairs, dropped, generation=timing))
     return pairs, dropped
 

@@ -59,7 +59,10 @@ def hash_path(p: Path) -> str:
     p = Path(p)
     if p.is_dir():
         h = hashlib.sha256()
-        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        # An adapter's model card (README.md) is documentation that stage 04 rewrites with the
+        # verdict (cai_lib/model_card.py): it must not make stage 02's output look changed.
+        card = p / "README.md" if (p / "cai_adapter.json").is_file() else None
+        for f in sorted(x for x in p.rglob("*") if x.is_file() and x != card):
             h.update(str(f.relative_to(p)).encode())
             h.update(sha256_file(f).encode())
         return h.hexdigest()

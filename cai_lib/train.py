@@ -112,6 +112,14 @@ def completion_text(prompt: str, text: str, leading_space: bool) -> str:
     return ("" if prompt.endswith("\n") else "\n") + body
 
 
+def answer_text(row: dict, key: str) -> str:
+    """The raw answer of a pair: `chosen_answer` / `rejected_answer` when the file has them
+    (pairs.trl_record), else `chosen` / `rejected` (hand-made files). The separator is always
+    the config's, so a file written with another `chosen_leading_space` trains consistently."""
+    raw = row.get(f"{key}_answer")
+    return raw if isinstance(raw, str) else row[key]
+
+
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """The ids evaluation feeds the model: `guard.encode_prompts` (one BOS where the
     tokenizer/model use one, then the raw text; chat markers refused), shared with
@@ -141,7 +149,8 @@ def encode_pair(tokenizer, row: dict, *, leading_space: bool) -> dict:
     # the guard's set: all_special_ids misses added specials such as Gemma's <start_of_turn>
     specials = guard.special_ids(tokenizer)
     for key in ("chosen", "rejected"):
-        ids, merged = _encode_completion(tokenizer, prompt, body, completion_text(prompt, row[key], leading_space))
+        ids, merged = _encode_completion(tokenizer, prompt, body,
+                                         completion_text(prompt, answer_text(row, key), leading_space))
         out["special_in_completion"] |= any(t in specials for t in ids)
         out[f"{key}_ids"] = ids + [eos]
         out["boundary_retokenized"] |= merged
@@ -154,10 +163,11 @@ def prepare_pairs(tokenizer, rows: list[dict], cfg, *, source="pairs") -> tuple[
               "dropped_empty": 0, "dropped_identical": 0, "dropped_special_tokens": 0, "boundary_retokenized": 0}
     records = []
     for i, row in enumerate(rows, 1):
-        if not row["chosen"].strip() or not row["rejected"].strip():
+        chosen, rejected = answer_text(row, "chosen"), answer_text(row, "rejected")
+        if not chosen.strip() or not rejected.strip():
             counts["dropped_empty"] += 1
             continue
-        if row["chosen"].strip() == row["rejected"].strip():
+        if chosen.strip() == rejected.strip():
             counts["dropped_identical"] += 1
             continue
         try:
@@ -284,6 +294,43 @@ _TRAIN_LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "acceler
 def _versions() -> dict:
     """The installed versions of the libraries that shape training (absent ones left out)."""
     return {k: v for k, v in library_versions().items() if k in _TRAIN_LIBRARIES and v}
+
+
+# The package each report_to value needs (TRL/transformers integrations look for these).
+REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",),
+                   "mlflow": ("mlflow",)}
+
+
+def reporting_args(cfg, run_dir) -> dict:
+    """`report_to` and `run_name` for TRL's DPOConfig; the sink's package checked before training.
+
+    tensorboard writes to <run>/tensorboard (TENSORBOARD_LOGGING_DIR, unless set): offline, next
+    to the run, so `tensorboard --logdir runs/<id>/tensorboard` shows curves while it trains."""
+    import importlib.util
+    sink = getattr(cfg, "report_to", "none")
+    if sink == "none":
+        return {"report_to": "none"}
+    needs = REPORT_PACKAGES[sink]
+    if not any(importlib.util.find_spec(m) is not None for m in needs):
+        raise CaiError(f"report_to={sink} but the package {needs[0]} is not installed — pip install {needs[0]}, "
+                       "or set report_to: none")
+    if sink == "tensorboard":
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(run_dir) / "tensorboard"))
+    return {"report_to": sink, "run_name": Path(run_dir).name}
+
+
+def log_history_curves(log_history: list[dict], keys=("loss", "rewards/margins", "rewards/accuracies",
+                                                      "learning_rate", "grad_norm")) -> dict:
+    """{key: ([steps], [values])} from a trainer's log_history (per-step entries only)."""
+    out = {k: ([], []) for k in keys}
+    for entry in log_history:
+        if "loss" not in entry or "step" not in entry:
+            continue  # the end-of-training summary (train_loss, train_runtime ...)
+        for k in keys:
+            if entry.get(k) is not None:
+                out[k][0].append(entry["step"])
+                out[k][1].append(entry[k])
+    return out
 
 
 def _make_log_callback(log_path: Path, log: dict, session: dict):
@@ -457,6 +504,8 @@ def _save_adapter(trainer, adapter_dir: Path, meta: dict) -> None:
         if len(getattr(model, "peft_config", {})) > 1:  # TRL adds a frozen "ref" copy for pre-wrapped models
             kwargs["selected_adapters"] = ["default"]
         model.save_pretrained(str(tmp), **kwargs)
+    from .model_card import finalize_adapter_folder
+    finalize_adapter_folder(tmp, meta)  # portable base id in adapter_config.json; README.md model card
     write_json(tmp / ADAPTER_META, meta)
     old = adapter_dir.with_name(f".{adapter_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -553,7 +602,7 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
         gradient_checkpointing=bool(cfg.gradient_checkpointing and backend != "unsloth"),
         bf16=use_bf16,
         fp16=False,
-        report_to="none",
+        **reporting_args(cfg, paths.root),
         disable_tqdm=not progress,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
@@ -628,11 +677,19 @@ def _finish(trainer, result, loaded, cfg, paths, log, session, record, counts, b
         "adapter_dir": str(paths.adapter) if finished else None,
         "training_log": str(paths.training_log),
     }
+    # The trainer's own per-step records (restored from the checkpoint on resume): the curves'
+    # source, in the key names TRL and transformers users know ("loss", "rewards/margins" ...).
+    log["log_history"] = [dict(e) for e in state.log_history]
     log["summary"] = summary
     if trainer.is_world_process_zero():
         write_json(paths.training_log, log)
     if finished:
+        from .model_card import portable_base_id, run_hashes
         meta = {
+            # base_model: a name valid on any machine (hub id / embedded name / folder name, never a path)
+            "base_model": portable_base_id(getattr(loaded, "spec", ""), getattr(loaded, "resolved_path", None),
+                                           getattr(loaded, "info", None)),
+            **run_hashes(paths.root), "pairs_used": counts.get("used"),
             "pairs_sha256": pairs_sha, "pairs_path": str(pairs_path), "base_identity": record["base_identity"],
             "training_config": {k: getattr(cfg, k) for k in TRAIN_FIELDS if hasattr(cfg, k)},
             "backend": backend, "steps": state.global_step, "tokens_seen": summary["tokens_seen"],

@@ -31,10 +31,10 @@ ENV = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform"
        "platform_python_implementation": "CPython", "os_name": "posix", "extra": ""}
 
 
-def wheel_requires() -> dict[str, list[Requirement]]:
+def wheel_requires(fixture: Path = FIXTURE) -> dict[str, list[Requirement]]:
     out: dict[str, list[Requirement]] = {}
     cur = None
-    for line in FIXTURE.read_text().splitlines():
+    for line in fixture.read_text().splitlines():
         if line.startswith("["):
             cur = line.strip("[]")
             out[cur] = []

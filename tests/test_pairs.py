@@ -166,7 +166,8 @@ def test_format_distillation_pairs_and_filters(tmp_path):
     # evaluation-like raw generation got no stop strings; framed generation did
     assert all(r["stop"] for r in rows if r["step"] == "response")
     # outputs on disk
-    assert read_jsonl(paths.preference_pairs) == kept
+    # the file holds the TRL text (separator + answer) and the raw answers (pairs.trl_record)
+    assert read_jsonl(paths.preference_pairs) == [pairs.trl_record(p, False) for p in kept]
     stats = read_json(paths.pair_stats)
     assert stats["n_kept"] == 1 and stats["n_dropped"] == 5
     assert stats["generation"]["response"]["generated"] == 6 and stats["generation"]["raw"]["generated"] == 3
