@@ -30,6 +30,8 @@ for rep in range(2):
              "responses": [x["response"] for x in recs]}
         out.append(r)
         print({k: v for k, v in r.items() if k != "responses"}, flush=True)
+for dyn, sta in zip(out[0::2], out[1::2]):  # same rep: dynamic then static
+    sta["identical_to_dynamic_same_rep"] = sum(a == b for a, b in zip(dyn["responses"], sta["responses"]))
 for r in out:
     r["responses"] = r["responses"][:3]  # identical counts are printed; keep the JSON small
 json.dump(out, open(sys.argv[1] if len(sys.argv) > 1 else "bench_decoding_cpu_ab.json", "w"), indent=1)

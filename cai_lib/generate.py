@@ -16,7 +16,8 @@ Two KV caches (`cache`, one of constants.GEN_CACHES):
   to a power of two (capped at the batch size) with copies of a real row, and the cache
   length is rounded up to a power of two. A run then compiles a handful of times, not per
   batch. Prefill is not compiled, so the prompt width itself is free.
-- "auto": `pick_cache` - what measured faster on this kind of device (see there).
+- "auto": `pick_cache` - what measured faster on this kind of device, and on CUDA only
+  when the call decodes enough steps to pay for compiling (see there).
 """
 
 from __future__ import annotations
@@ -127,11 +128,13 @@ def compiles_decoding(model) -> bool:
 # and saved 26.1 ms per step at batch 64 (29.6 -> 3.5) and 30.2 ms at 256 (36.1 -> 5.9):
 # 45 s / 26.1 ms ~ 1,700 steps.
 STATIC_MIN_STEPS = 1700
-# CPU (2 cores shared with other work at load 5-9, embedded Gemma 3 270M fp32, transformers
+# CPU (2 cores shared with other work at load 4-9, embedded Gemma 3 270M fp32, transformers
 # 5.24, eval prompts; nothing is compiled on CPU): CPU seconds static/dynamic were 1.96x at
-# batch 1 and 0.88x at batch 8 (24 new tokens, one run each), and 0.73x then 1.00x at batch 16
-# (48 new tokens, the cpu-quick setting, two interleaved runs). No clear gain at the profile's
-# batch, a clear loss at batch 1 (the determinism reference): dynamic stays the CPU default.
+# batch 1 and 0.88x at batch 8 (24 new tokens, one run each), and 0.73x, 1.00x, 0.86x, 0.83x
+# at batch 16 (48 new tokens, the cpu-quick setting, four interleaved pairs). The batch-1
+# reference of every determinism check must decode on the same path, where static doubles
+# the cost; against ~15% off the batched calls that is about even for cpu-quick, so dynamic
+# stays the CPU default (gen_cache: static is there to take the batched gain).
 CPU_MEASURE = ("auto: CPU, dynamic (static measured 1.96x the CPU time at batch 1 and 0.73-1.00x at "
                "batch 16, 2 cores; reports/benchmarks.md)")
 
