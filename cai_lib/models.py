@@ -195,6 +195,10 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
     if flagged and not allow_instruct:
         _refuse_instruct(check_name)
 
+    prequantized = _prequantized(folder)
+    if prequantized and not _importable("bitsandbytes"):
+        raise CaiError(f"{folder}: the checkpoint is pre-quantized ({prequantized}, bitsandbytes) but bitsandbytes "
+                       "is not installed — load it on a CUDA machine with the gpu extra (make setup)")
     if chosen == "unsloth":
         model, tok = _load_unsloth(folder, torch_dtype, quantization, trust_remote_code, purpose)
     else:
@@ -221,7 +225,8 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
     info = {
         **source,
         "dtype": str(torch_dtype).replace("torch.", ""),
-        "quantization": quantization,
+        # A pre-quantized folder loads quantized whatever was asked: record what was loaded.
+        "quantization": prequantized or quantization,
         "device": str(getattr(model, "device", "cpu")),
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "trust_remote_code": trust_remote_code,
@@ -258,6 +263,22 @@ def load_configured(cfg, purpose: str = "generate") -> Loaded:
     return load_base(cfg.model, dtype=cfg.dtype, quantization=quantization_for(cfg, purpose), backend=cfg.backend,
                      trust_remote_code=cfg.trust_remote_code, allow_instruct=cfg.allow_instruct_model,
                      purpose=purpose)
+
+
+def _prequantized(folder: Path) -> str | None:
+    """"4bit"/"8bit" when the folder's config.json says its weights are stored quantized."""
+    import json
+    try:
+        qc = json.loads((Path(folder) / "config.json").read_text()).get("quantization_config")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(qc, dict):
+        return None
+    if qc.get("load_in_4bit"):
+        return "4bit"
+    if qc.get("load_in_8bit"):
+        return "8bit"
+    return str(qc.get("quant_method") or "quantized")
 
 
 def _load_transformers(folder: Path, torch_dtype, qcfg, trust_remote_code: bool):

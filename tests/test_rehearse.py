@@ -153,8 +153,6 @@ def test_4bit_checkpoint_loads_as_prequantized_nf4(tmp_path):
 
 
 @pytest.mark.skipif(_bnb_importable(), reason="checks the message seen without bitsandbytes")
-@pytest.mark.xfail(strict=True, reason="fix belongs in cai_lib/models.py (_load_transformers): a pre-quantized "
-                   "folder without bitsandbytes raises transformers' ImportError, not a one-line CaiError")
 def test_prequantized_folder_without_bitsandbytes_is_one_line(tiny_dir, tmp_path):
     import shutil
 
@@ -206,8 +204,6 @@ def test_generation_subset_saves_as_it_goes(tiny_dir, tmp_path):
 
 
 @pytest.mark.skipif(not _bnb_importable(), reason="bitsandbytes not installed (the gpu extra)")
-@pytest.mark.xfail(strict=True, reason="fix belongs in cai_lib/models.py (load_base): a pre-quantized folder loaded "
-                   "with quantization none comes back 4-bit while info (and the manifest) say 'none'")
 def test_prequantized_folder_reports_its_real_quantization(tmp_path):
     import torch
 
