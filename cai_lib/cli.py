@@ -15,8 +15,11 @@ from .errors import CaiError
 def _cmd_run(a):
     from .config import parse_overrides
     from .driver import run_pipeline
+    if a.gpu_gib is not None and not a.gpu_gib > 0:
+        raise CaiError(f"--gpu-gib {a.gpu_gib}: must be a positive number of GiB, e.g. --gpu-gib 80")
+    mode = "only" if a.preflight else "off" if a.no_preflight else "auto"
     return run_pipeline(profile=a.profile, run_id=a.run_id, stages=a.stages, strict=a.strict,
-                        overrides=parse_overrides(a.set))
+                        overrides=parse_overrides(a.set), preflight=mode, gpu_gib=a.gpu_gib)
 
 
 def _cmd_score(a):
@@ -96,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, validated like a profile value (repeatable)")
     r.add_argument("--strict", action="store_true", help="exit 3 unless the gate verdict is PASS")
+    pf = r.add_mutually_exclusive_group()
+    pf.add_argument("--preflight", action="store_true",
+                    help="estimate each stage's GPU memory and time for this profile and card, then stop "
+                         "(on a GPU machine cai run does this check before the stages anyway)")
+    pf.add_argument("--no-preflight", action="store_true", help="skip the memory check before the stages")
+    r.add_argument("--gpu-gib", type=float, default=None,
+                   help="card memory for the pre-flight (default: this machine's GPU), e.g. 80")
     r.set_defaults(func=_cmd_run)
 
     s = _sub(sub, "score", "score response records (strict/loose/form)")

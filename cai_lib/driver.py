@@ -138,8 +138,37 @@ def _stage_error(stage: Stage, exc, executed: Path) -> CaiError:
                     f"full traceback in {executed}; fix and rerun the same command to resume")
 
 
+def _gpu_gib() -> float | None:
+    """Memory of this process's GPU in GiB, or None without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+
+
+def run_preflight(cfg: RunConfig, gpu_gib: float | None) -> list[str]:
+    """Each stage's estimated peak memory and time on this card (cai_lib.preflight), printed;
+    a stage that will not fit is one CaiError naming the stage, the estimate and the key to change."""
+    from . import preflight
+    from .models import resolve_spec
+    folder, _, _ = resolve_spec(cfg.model)
+    lines = preflight.summary_lines(preflight.read_model_config(folder), cfg.to_dict(), gpu_gib)
+    print(f"pre-flight on {gpu_gib:.0f} GiB (estimates: cai_lib/preflight.py):")
+    for line in lines:
+        print(f"  {line}")
+    refused = [ln for ln in lines if ": REFUSE" in ln]
+    if refused:
+        raise CaiError(f"pre-flight: {refused[0]} — change the profile, or pass --no-preflight to run anyway")
+    return lines
+
+
 def run_pipeline(profile: str | None = None, run_id: str = "", stages: str | None = None, strict: bool = False,
-                 overrides: dict | None = None) -> int:
+                 overrides: dict | None = None, preflight: str = "auto", gpu_gib: float | None = None) -> int:
+    """`preflight`: "auto" checks memory before the stages when a GPU is present (or --gpu-gib
+    is given), "only" checks and stops, "off" skips the check."""
     import papermill as pm
 
     # Batch runs write progress bars into the report: a few lines, not hundreds, and no
@@ -152,6 +181,14 @@ def run_pipeline(profile: str | None = None, run_id: str = "", stages: str | Non
     run_dir = runs_root() / run_id
     paths = run_paths(run_dir)
     cfg, label = _config_for(profile, overrides or {}, paths)
+    if preflight != "off":
+        gib = gpu_gib or _gpu_gib()
+        if gib is None and preflight == "only":
+            raise CaiError("--preflight: no CUDA GPU here — pass --gpu-gib N for the card you will rent (e.g. 80)")
+        if gib is not None:
+            run_preflight(cfg, gib)
+        if preflight == "only":
+            return 0
     previous = read_json(paths.config) if paths.config.exists() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(paths.config, cfg.to_dict())

@@ -188,3 +188,26 @@ def test_read_model_config_and_summary_lines(tmp_path):
     (tmp_path / "config.json").write_text("{broken")
     with pytest.raises(CaiError, match="cannot be read as JSON"):
         pf.read_model_config(tmp_path)
+
+
+def test_cai_run_preflight_refuses_a_stage_that_will_not_fit_before_writing_anything(tmp_path, capsys):
+    """`cai run --preflight` on a CPU machine with --gpu-gib: the 32B shape from its config.json."""
+    import json as _json
+
+    from cai_lib.cli import main
+    from cai_lib.runs import runs_root
+    folder = tmp_path / "qwen32b"
+    folder.mkdir()
+    (folder / "config.json").write_text(_json.dumps({
+        "model_type": "qwen2", "hidden_size": 5120, "intermediate_size": 27648, "num_hidden_layers": 64,
+        "num_attention_heads": 40, "num_key_value_heads": 8, "vocab_size": 152064, "tie_word_embeddings": False}))
+    assert main(["run", "--profile", "gpu-32b", "--set", f"model={folder}", "--preflight", "--gpu-gib", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "01_generate: OK" in out and "whole run" in out
+    code = main(["run", "--profile", "gpu-32b", "--set", f"model={folder}", "--set", "gen_batch_size=512",
+                 "--run-id", "pf", "--gpu-gib", "80"])
+    err = capsys.readouterr().err
+    assert code == 1 and "01_generate: REFUSE" in err and "gen_batch_size" in err and len(err.strip().splitlines()) == 1
+    assert not (runs_root() / "pf").exists()
+    code = main(["run", "--profile", "cpu-quick", "--preflight"])  # no GPU here and no --gpu-gib
+    assert code == 1 and "--gpu-gib" in capsys.readouterr().err
