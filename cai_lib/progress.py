@@ -3,7 +3,7 @@
 The notebooks' work reports progress through tqdm (generation batches, pairs, TRL's training
 steps) on the kernel's stderr. papermill hands each stderr chunk to a file-like object
 (`stderr_file`); `StageProgress` is that object. It keeps only the newest tqdm frame and shows
-it as one line — `stage 02 02_train: 12/51 steps (24%), 1.44 s/it, ETA 00:56` — rewritten in
+it as one line — `stage 02 02_train: train steps 12/51 (24%), 1.44s/it, ETA 00:56` — rewritten in
 place on a terminal, printed at most every `every_s` seconds otherwise (a log file or a
 remote call's output gets a line every half minute, not hundreds). Every other stderr text
 (warnings, banners) is dropped here: it stays in the executed notebook.

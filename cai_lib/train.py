@@ -333,6 +333,35 @@ def log_history_curves(log_history: list[dict], keys=("loss", "rewards/margins",
     return out
 
 
+def _use_text_step_bar(trainer) -> None:
+    """One plain tqdm bar of optimizer steps on stderr — what `cai run` turns into its progress
+    line — instead of transformers' notebook HTML table (a row per logged step) or its per-step
+    dict printout: the metrics are in training_log.json and the report's curves."""
+    from tqdm import tqdm  # std tqdm: text even where tqdm.auto would pick a widget
+    from transformers import TrainerCallback
+
+    class StepBar(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train steps")
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    for cb in list(trainer.callback_handler.callbacks):
+        if type(cb).__name__ in ("NotebookProgressCallback", "ProgressCallback", "PrinterCallback"):
+            trainer.remove_callback(cb)
+    trainer.add_callback(StepBar())
+
+
 def _make_log_callback(log_path: Path, log: dict, session: dict):
     from transformers import TrainerCallback
 
@@ -625,12 +654,9 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
         if not progress:
             from transformers.trainer_callback import PrinterCallback
             trainer.remove_callback(PrinterCallback)  # it prints every step's dict
-        else:  # in a notebook, transformers renders a table row per logged step (a page of rows in the
-            # report); one text progress bar says the same, and the curves come from training_log.json
-            from transformers.trainer_callback import ProgressCallback
-            from transformers.utils.notebook import NotebookProgressCallback
-            if trainer.pop_callback(NotebookProgressCallback) is not None:
-                trainer.add_callback(ProgressCallback)
+        else:  # in a notebook transformers renders a table row per logged step, ProgressCallback a
+            # dict per step: one plain bar of steps says the same (curves: training_log.json)
+            _use_text_step_bar(trainer)
         try:
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         finally:

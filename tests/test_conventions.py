@@ -244,3 +244,16 @@ def test_every_argument_has_help_and_every_command_lists_its_exit_codes():
         assert "exit codes:" in text and "  0    done" in text and "  1    bad input" in text, name
     assert "3    --strict" in subs.choices["run"].format_help()
     assert "a leak was found" in subs.choices["leakage"].format_help()
+
+
+def test_training_shows_one_text_bar_of_steps(tiny_model_dir, tmp_path, capfd):
+    """progress=True: a plain tqdm bar of optimizer steps on stderr (what `cai run` shows), no
+    per-step dict printout and no notebook HTML table."""
+    run = tmp_path / "bar"
+    write_jsonl(run / "data" / "preference_pairs.jsonl", easy_pairs())
+    train.train_dpo(load_dir(tiny_model_dir), pairs_path(run), run, small_cfg(max_steps=3, save_steps=3),
+                    progress=True)
+    err = capfd.readouterr().err
+    frame = progress.last_frame(err)  # the newest bar on stderr: training's own
+    assert frame and frame["desc"] == "train steps" and (frame["n"], frame["total"]) == ("3", "3")
+    assert "'loss':" not in err and "{'loss'" not in err

@@ -47,6 +47,12 @@ def test_cai_run_end_to_end_tiny(tmp_path, tiny_model_dir, capsys):
     assert main(["run", "--profile", str(profile), "--run-id", "t1", "--stages", "02,03,04"]) == 0
     out = capsys.readouterr().out
     assert "gate verdict:" in out
+    # each stage's own progress on the console (no environment variable), and the adapter's
+    # model card carries the verdict once stage 04 ran
+    # (off a terminal the first frame shows at once, later ones every 30 s, the last at the end)
+    assert "stage 02 02_train: " in out and "stage 03 03_evaluate: trained 8/8 (100%)" in out
+    card = (paths.adapter / "README.md").read_text()
+    assert f"Stage 1 gate: **{json.loads(paths.gate.read_text())['verdict']}**" in card
 
     reports = base_dir() / "reports" / "t1"
     for name in ("00_baseline", "01_generate", "02_train", "03_evaluate", "04_report"):
