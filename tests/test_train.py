@@ -126,7 +126,7 @@ def test_chat_turn_markers_in_a_completion_drop_the_pair(tiny_tok):
 
 def test_all_pairs_too_long_is_an_error(tiny_tok, tmp_path):
     with pytest.raises(CaiError, match="all 8 pairs were dropped"):
-        train.prepare_pairs(tiny_tok, easy_pairs(), small_cfg(max_length=8))
+        train.prepare_pairs(tiny_tok, easy_pairs(), small_cfg(max_length=8, max_prompt_length=4))
 
 
 @pytest.mark.parametrize("content,match", [
