@@ -169,7 +169,6 @@ def run_pipeline(profile: str | None = None, run_id: str = "", stages: str | Non
                  overrides: dict | None = None, preflight: str = "auto", gpu_gib: float | None = None) -> int:
     """`preflight`: "auto" checks memory before the stages when a GPU is present (or --gpu-gib
     is given), "only" checks and stops, "off" skips the check."""
-    import papermill as pm
 
     # Batch runs write progress bars into the report: a few lines, not hundreds, and no
     # widget warning (the HTML is static, widgets would not render anyway).
@@ -190,6 +189,8 @@ def run_pipeline(profile: str | None = None, run_id: str = "", stages: str | Non
         if preflight == "only":
             return 0
     previous = read_json(paths.config) if paths.config.exists() else None
+    import papermill as pm  # only now: a bad profile is refused without paying for its import
+
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(paths.config, cfg.to_dict())
     out_dir = reports_dir(run_id)
