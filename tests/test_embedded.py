@@ -126,7 +126,7 @@ def test_convert_refused_under_transformers_517(fresh_cache, monkeypatch):
     with pytest.raises(CaiError) as e:
         embedded.embedded_model_dir()
     msg = str(e.value)
-    assert "transformers 5.17.0" in msg and "transformers>=5.24" in msg and "copy the folder" in msg
+    assert "transformers 5.17.0" in msg and "transformers>=5.24" in msg and "copy a converted folder" in msg and "make embedded-model" in msg
     assert not (fresh_cache / "gemma-3-270m-pt").exists()
 
 

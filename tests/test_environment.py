@@ -176,8 +176,10 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 
 def _make_n(tmp_path, *args) -> list[str]:
-    out = subprocess.run(["make", "-n", "-B", *args, f"VENV={tmp_path}/v"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+    # under `make test` (CI) MAKELEVEL/MAKEFLAGS make a nested make print "Entering directory"
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", *args, f"VENV={tmp_path}/v"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     return out.stdout.splitlines()
 
@@ -230,7 +232,8 @@ def test_make_setup_on_a_too_old_driver_stops_with_one_line_before_installing(tm
     fake.mkdir()
     (fake / "nvidia-smi").write_text(f"#!/bin/sh\necho '{SMI.format('12.4')}'\n")
     (fake / "nvidia-smi").chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    env = {**{k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")},
+           "PATH": f"{fake}:{os.environ['PATH']}"}
     out = subprocess.run(["make", "setup", f"VENV={tmp_path}/v", f"PYTHON={sys.executable}"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
