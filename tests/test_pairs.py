@@ -79,7 +79,7 @@ FD = {
     (ITEMS[0]["instruction"], "raw"): (" Paris. Paris is the capital of France and the largest city", "length"),
     # chosen fails its check (wrong fact)
     (ITEMS[1]["instruction"], "response"): (" Madrid.\n\n", "length"),
-    # kept, but the raw continuation is empty -> rejected_empty
+    # kept: the raw continuation is EOS at once -> an empty_rejected pair (issue 12 item 4)
     (ITEMS[2]["instruction"], "response"): (" Four.\n\n", "length"),
     (ITEMS[2]["instruction"], "raw"): ("", "eos"),
     # identical after stripping -> dropped
@@ -133,8 +133,12 @@ def build(tmp_path, strategy, script, name="run", **kw):
 
 def test_format_distillation_pairs_and_filters(tmp_path):
     (kept, dropped), paths, gen = build(tmp_path, "format_distillation", FD)
-    assert [p["item_id"] for p in kept] == ["qa-1"]
+    assert [p["item_id"] for p in kept] == ["qa-1", "qa-3"]
     p = kept[0]
+    assert p["pair_type"] == "raw_continuation"
+    empty = kept[1]  # "EOS immediately" on the raw prompt is what not to do: rejected, never chosen
+    assert empty["pair_type"] == "empty_rejected" and empty["rejected"] == "" and empty["chosen"] == "Four."
+    assert empty["scores"]["rejected"]["failures"] == ["number", "empty"]
     assert p["prompt"] == ITEMS[0]["instruction"]  # raw instruction, exactly
     assert p["chosen"] == "Paris."  # cut at the frame's stop, stripped
     assert p["rejected"] == "Paris. Paris is the capital of France and the largest city"  # not cut
@@ -150,7 +154,7 @@ def test_format_distillation_pairs_and_filters(tmp_path):
     assert p["new_tokens"] == {"response": 1, "raw": 11}
 
     reasons = {d["item_id"]: d["reason"] for d in dropped}
-    assert reasons == {"qa-2": "chosen_fails_strict", "qa-3": "rejected_empty", "co-1": "identical",
+    assert reasons == {"qa-2": "chosen_fails_strict", "co-1": "identical",
                        "ge-1": "chosen_empty", "re-1": "chosen_unfinished"}
     qa2 = next(d for d in dropped if d["item_id"] == "qa-2")
     assert qa2["failures"] == ["contains_any"]
@@ -168,10 +172,14 @@ def test_format_distillation_pairs_and_filters(tmp_path):
     # outputs on disk
     assert read_jsonl(paths.preference_pairs) == kept
     stats = read_json(paths.pair_stats)
-    assert stats["n_kept"] == 1 and stats["n_dropped"] == 5
+    assert stats["n_kept"] == 2 and stats["n_dropped"] == 4
     assert stats["generation"]["response"]["generated"] == 6 and stats["generation"]["raw"]["generated"] == 3
-    assert stats["dropped_by_reason"] == {"chosen_fails_strict": 1, "rejected_empty": 1, "identical": 1,
+    assert stats["dropped_by_reason"] == {"chosen_fails_strict": 1, "identical": 1,
                                           "chosen_empty": 1, "chosen_unfinished": 1}
+    assert stats["empty_chosen"] == 0 and stats["empty_rejected_pairs"] == 1
+    assert stats["pair_types"]["raw_continuation"]["share_chosen_shorter"] == 1.0
+    assert stats["by_strategy"]["format_distillation"]["keep_rate_items"] == round(2 / 6, 4)
+    assert stats["answer_skew"] is not None
 
 
 def test_critique_revision_pairs_and_filters(tmp_path):
