@@ -350,6 +350,7 @@ def vote(item: dict, candidates: Sequence[dict]) -> dict:
     greedy answer, then to the group whose first member came earliest. The winner's text is
     the greedy answer when it is in the group, else the group's earliest sample.
     `agreement` is the winner's share of all finished candidates (right or wrong)."""
+    candidates = sorted(candidates, key=lambda c: c["index"])  # the order given never decides the vote
     finished = [c for c in candidates if c["fr"] != "length"]
     tally = Counter(answer_key(item, c["text"]) for c in finished)
     groups: dict[str, list[dict]] = {}
