@@ -225,3 +225,21 @@ def in_context_frame(ic: dict, field: str = "strict"):
         "b_fewshot_only": x["b"], "c_trained_only": x["c"], "mcnemar_p": float(f"{x['mcnemar_p']:.3g}"),
         "mcnemar_p_bh": float(f"{x['mcnemar_p_bh']:.3g}") if "mcnemar_p_bh" in x else None,
         "cohens_h": round(x["cohens_h"], 3)} for t, x in rows])
+
+
+def gate_kwargs(block: dict, cfg) -> dict:
+    """The gate's in-context arguments from `stats_fields`' block (None when the arm is missing)."""
+    ic = block.get("in_context")
+    return {"in_context": ic[cfg.gate_field] if ic else None, "require_in_context": cfg.gate_require_in_context}
+
+
+def verdict_html(block: dict):
+    """The one-sentence in-context verdict as a small coloured box (for 04_report)."""
+    from html import escape
+
+    from IPython.display import HTML
+    v = block.get("in_context_verdict")
+    if not v:
+        return HTML(f"<p>{escape(block.get('in_context_note', 'no in-context arm'))}</p>")
+    color = {"beat": "#1a7f37", "matched": "#9a6700", "lost": "#cf222e"}[v["outcome"]]
+    return HTML(f'<div style="border-left:6px solid {color};padding:6px 10px">{escape(v["sentence"])}</div>')

@@ -300,3 +300,21 @@ def skew_frame(skew: dict):
     else:
         add("answers", skew)
     return pd.DataFrame(rows)
+
+
+def pair_type_frame(pair_stats: dict):
+    """Per pair type (from pair_stats.json): n, share_chosen_shorter, length ratio median,
+    share length-matched and share of verifiably correct preferences."""
+    import pandas as pd
+    rows = []
+    for t, v in (pair_stats.get("pair_types") or {}).items():
+        rows.append({"pair_type": t, "n": v["n"], "share_chosen_shorter": v["share_chosen_shorter"],
+                     "length_ratio_median": v["length_ratio"].get("median"),
+                     "share_length_matched": v["share_length_matched"], "pair_correct": v["pair_correct"]})
+    return pd.DataFrame(rows)
+
+
+def strategy_frame(pair_stats: dict):
+    """Per strategy (from pair_stats.json): pairs, items with a pair, keep-rate, pair correctness."""
+    import pandas as pd
+    return pd.DataFrame([{"strategy": s, **v} for s, v in (pair_stats.get("by_strategy") or {}).items()])

@@ -123,3 +123,13 @@ def test_eval_skew_and_frame():
 def test_bad_threshold_is_one_line():
     with pytest.raises(CaiError, match="skew_threshold"):
         dg.answer_skew([], threshold=0)
+
+
+def test_pair_frames_from_pair_stats():
+    stats = {"pair_types": {"wrong_sample": {"n": 4, "share_chosen_shorter": 0.25, "length_ratio": {"median": 1.0},
+                                             "share_length_matched": 0.75, "pair_correct": 1.0}},
+             "by_strategy": {"self_consistency": {"n_pairs": 4, "n_items": 6, "items_with_pair": 3,
+                                                  "keep_rate_items": 0.5, "pair_correct": 1.0}}}
+    pt = dg.pair_type_frame(stats)
+    assert pt.iloc[0]["pair_type"] == "wrong_sample" and pt.iloc[0]["share_length_matched"] == 0.75
+    assert dg.strategy_frame(stats).iloc[0]["keep_rate_items"] == 0.5

@@ -176,6 +176,8 @@ def test_stage03_writes_the_fewshot_arm_and_stats_fields(tmp_path, tiny_model_di
     assert block["in_context_verdict"]["outcome"] in ("beat", "matched", "lost")
     assert block["in_context_verdict"]["sentence"].startswith("Training ")
     json.dumps(block)
+    kw = arms.gate_kwargs(block, cfg)
+    assert kw == {"in_context": block["in_context"]["strict"], "require_in_context": False}
     frame = arms.three_arm_rates_frame(arms.load_arms(paths))
     assert list(frame[frame["type"] == "all"]["arm"]) == ["base · raw", "base · few-shot", "trained · raw"]
     assert list(arms.in_context_frame(block["in_context"])["type"]) == ["all", "qa", "response"]
