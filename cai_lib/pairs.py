@@ -445,8 +445,7 @@ def _make_pair(item, strategy, chosen, ch_fr, ch_score, rejected, rj_fr, *, fews
     if not chosen.strip():  # never: callers drop chosen_empty first; a pair must not teach silence
         raise CaiError(f"item {item['id']!r}: internal error — an empty answer reached a pair as chosen")
     if is_eos_immediately(rejected, rj_fr):
-        pair_type = "empty_rejected"  # stopping at once is the failure this pair shows
-        rejected = ""
+        pair_type = "empty_rejected"  # stopping at once (no word written) is the failure this pair shows
     elif not rejected.strip():
         reasons.append("rejected_empty")
     elif _ws(chosen) == _ws(rejected):
