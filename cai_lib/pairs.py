@@ -48,7 +48,8 @@ Conventions (shared with `train.py`; see DESIGN.md's contracts):
   Every check and detector (empty, echo, continuation) must pass on the cut text.
 
 Filtering (a dropped candidate gets its first reason, in this order, plus all reasons
-known): chosen_empty, chosen_unfinished, chosen_fails_strict, rejected_empty, identical
+known): chosen_empty, chosen_unfinished, chosen_fails_strict, rejected_empty (blank and not
+finished; a finished blank answer is an empty_rejected pair instead), identical
 (after whitespace normalisation), rejected_passes_strict (the rejected already passes
 strict, so the pair has no verifiable preference; kept when
 cfg.pair_keep_if_rejected_passes — measured on Gemma 3 270M, such critique_revision
