@@ -93,6 +93,25 @@ class RunConfig:
     # mostly restyle or pad them (dropped as "rejected_passes_strict", counted).
     pair_keep_if_rejected_passes: bool = _p(False, "keep pairs whose rejected side already passes strict",
                                             kind=bool)
+    # Answer balance (issue 12): a 270M model answers "Yes" far more often than it answers
+    # "No" correctly, so verified pairs over-represent "yes" items and teach a yes-bias.
+    pair_balance: bool = _p(False, "drop pairs so no yes/no or number answer class exceeds its share among the "
+                                   "train items by more than pair_balance_tolerance", kind=bool)
+    pair_balance_tolerance: float = _p(0.05, "how far above its true share an answer class may sit after "
+                                             "balancing", kind=float, lo=0.0, hi=1.0)
+    # self_consistency (cai_lib/pairs.py): k sampled few-shot answers per item vote; the
+    # verified majority answer is chosen and short, finished, wrong samples become extra
+    # rejected answers of similar length (correct-vs-wrong, not short-vs-long).
+    pair_sc_k: int = _p(4, "self_consistency: sampled few-shot answers per train item", kind=int, lo=1)
+    pair_sc_temperature: float = _p(0.7, "self_consistency: sampling temperature (seeded per item)", kind=float,
+                                    lo=0.0, lo_open=True)
+    pair_sc_max_wrong: int = _p(1, "self_consistency: extra pairs per item with a verified-wrong sample as "
+                                   "rejected (0 = none)", kind=int, lo=0)
+    pair_sc_length_tolerance: float = _p(0.3, "self_consistency: a wrong sample is length-matched when its "
+                                              "word count is within this share of chosen's", kind=float, lo=0.0)
+    skew_threshold: float = _p(0.10, "flag an answer skew when an answer class's share exceeds its true share "
+                                     "by more than this (pair_stats.json, stats.json)", kind=float, lo=0.0,
+                               hi=1.0, lo_open=True)
 
     # ---- 02 train -----------------------------------------------------------------------
     lora_r: int = _p(16, "LoRA rank", kind=int, lo=1)
@@ -143,6 +162,9 @@ class RunConfig:
                            hi_open=True)
     gate_field: str = _p("strict", "the success measure the gate uses", kind=str, choices=GATE_FIELDS)
     spot_check_n: int = _p(20, "responses sampled for a human spot check", kind=int, lo=0)
+    # Reported always; required for PASS only when true (cai_lib/gate.py says why not by default).
+    gate_require_in_context: bool = _p(False, "PASS also needs trained raw to beat the base model's few-shot "
+                                              "prompt on the same items (McNemar p < gate_alpha)", kind=bool)
     n_bootstrap: int = _p(2000, "bootstrap resamples for the paired-difference interval", kind=int, lo=100)
 
     def __post_init__(self):

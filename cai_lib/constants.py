@@ -12,7 +12,7 @@ GEN_QUANTIZATIONS = ("as_train",) + QUANTIZATIONS
 # KV cache for generation: "auto" picks per device what measured faster (cai_lib.generate).
 GEN_CACHES = ("auto", "static", "dynamic")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-PAIR_STRATEGIES = ("format_distillation", "critique_revision")
+PAIR_STRATEGIES = ("format_distillation", "critique_revision", "self_consistency")
 GATE_FIELDS = ("strict", "loose")
 PURPOSES = ("generate", "train")
 # Where TRL sends training metrics (TrainingArguments.report_to); "none" keeps them in

@@ -6,6 +6,10 @@ replaces held two 8-bit 32B models at once). Both get the identical prompt list,
 same order, so the generator forms identical batches for both — left padding and bf16
 kernels can nudge greedy outputs with batch composition, and this keeps the comparison
 fair. Greedy decoding, no stop strings: ending the answer is part of the task.
+
+A third arm (cai_lib.arms) runs the base model on the same items with the data stage's
+few-shot frame — the base model at its best — so stage 04 can say whether training beat,
+matched or lost to in-context prompting on the same items.
 """
 
 from __future__ import annotations
@@ -57,7 +61,19 @@ def generate_both(model, tokenizer, items: list[dict], cfg, *, progress: bool = 
     return base, trained, timing
 
 
+def generate_three(model, tokenizer, items: list[dict], cfg, *, progress: bool = True, generate_fn=None,
+                   rotate_fn=None) -> tuple[list, list, list, dict]:
+    """base raw, base few-shot, trained raw on the same items in the same order, plus timing."""
+    from .arms import check_paired, generate_fewshot
+    base, trained, timing = generate_both(model, tokenizer, items, cfg, progress=progress, generate_fn=generate_fn)
+    fewshot, t_fs = generate_fewshot(model, tokenizer, items, cfg, progress=progress, generate_fn=generate_fn,
+                                     rotate_fn=rotate_fn)
+    check_paired(base, fewshot, trained)
+    return base, fewshot, trained, {**timing, **t_fs}
+
+
 def run_evaluation(cfg, paths, *, progress: bool = True, generate_fn=None) -> dict:
+    from .arms import decoding_plan
     from .leakage import verify_eval_set
     verify_eval_set(paths)  # train file present, hashes match, no leaks — else a one-line refusal
     items = load_items(paths.eval_instructions)
@@ -69,23 +85,32 @@ def run_evaluation(cfg, paths, *, progress: bool = True, generate_fn=None) -> di
             "backend": loaded.backend, "adapter": str(paths.adapter),
             "decoding": {"do_sample": False, "max_new_tokens": cfg.eval_max_new_tokens,
                          "batch_size": cfg.gen_batch_size, "stop_strings": None},
+            "fewshot_arm": decoding_plan(cfg),
             "memory_start": mem_start, "memory_loaded": manifest.memory_now(), "guard": guard_report(loaded)}
     if cfg.dry_run:
         plan["dry_run"] = True
-        print(f"dry run: would evaluate {len(items)} items × 2 models; nothing generated")
+        print(f"dry run: would evaluate {len(items)} items × 3 arms (base raw, base few-shot, trained raw); "
+              "nothing generated")
         return plan
-    base, trained, timing = generate_both(model, loaded.tokenizer, items, cfg, progress=progress,
-                                          generate_fn=generate_fn)
+    base, fewshot, trained, timing = generate_three(model, loaded.tokenizer, items, cfg, progress=progress,
+                                                    generate_fn=generate_fn)
     write_jsonl(paths.eval_base, base)
+    write_jsonl(paths.eval_fewshot, fewshot)
     write_jsonl(paths.eval_trained, trained)
     from .generate import determinism_check
     sample = [it["instruction"] for it in items[: cfg.determinism_sample]]
     determinism = determinism_check(model, loaded.tokenizer, sample, max_new_tokens=cfg.eval_max_new_tokens,
                                     batch_size=cfg.gen_batch_size) if sample else None
     summary = {**plan, "timing": timing, "determinism": determinism, "memory_end": manifest.memory_now(),
-               "base": scoring.summarize(base), "trained": scoring.summarize(trained)}
+               "base": scoring.summarize(base), "base_fewshot": scoring.summarize(fewshot),
+               "trained": scoring.summarize(trained), "answer_skew": _skew(fewshot, trained, cfg)}
     write_json(paths.eval_summary, summary)
     return summary
+
+
+def _skew(fewshot, trained, cfg) -> dict:
+    from .diagnostics import eval_skew
+    return eval_skew({"base_fewshot": fewshot, "trained": trained}, threshold=cfg.skew_threshold)
 
 
 def _count_types(items):
@@ -96,6 +121,7 @@ def _count_types(items):
 
 
 PROTECTED = ("results", "data", "adapter", "checkpoints")  # a run's own stage outputs
+EVAL_FILES = ("eval_base.jsonl", "eval_base_fewshot.jsonl", "eval_trained.jsonl", "stats.json")
 
 
 def check_output_dir(out: Path, run_dir: Path, force: bool = False) -> Path:
@@ -114,8 +140,8 @@ def check_output_dir(out: Path, run_dir: Path, force: bool = False) -> Path:
                                f"— choose another folder (default: {Path(run_dir) / 'evals'}/<items name>)")
     if out.exists() and not out.is_dir():
         raise CaiError(f"-o {out}: is an existing file — pass a folder (it will hold eval_base.jsonl, "
-                       "eval_trained.jsonl and stats.json)")
-    taken = [n for n in ("eval_base.jsonl", "eval_trained.jsonl", "stats.json") if (out / n).exists()]
+                       "eval_base_fewshot.jsonl, eval_trained.jsonl and stats.json)")
+    taken = [n for n in EVAL_FILES if (out / n).exists()]
     if taken and not force:
         raise CaiError(f"-o {out}: already holds {', '.join(taken)} from an earlier evaluation — pass --force to "
                        "replace them, or choose another folder")
@@ -137,7 +163,6 @@ def eval_cli(run_dir, items, out_dir=None, force: bool = False) -> int:
     from .fewshot import all_fewshot_instructions
     from .leakage import find_leaks
     from .runs import run_paths
-    from .stats import stats_records
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CaiError(f"{run_dir}: run directory not found — pass a folder under $CAI_BASE_DIR/runs")
@@ -157,12 +182,27 @@ def eval_cli(run_dir, items, out_dir=None, force: bool = False) -> int:
         raise CaiError(f"{items}: {len(leaks)} item(s) leak into the training data or few-shot examples "
                        f"(first: {first.get('eval_id')}) — remove them and rerun", exit_code=2)
     loaded, model = load_models(cfg, paths)
-    base, trained, timing = generate_both(model, loaded.tokenizer, eval_items, cfg)
+    base, fewshot, trained, timing = generate_three(model, loaded.tokenizer, eval_items, cfg)
     write_jsonl(out / "eval_base.jsonl", base)
+    write_jsonl(out / "eval_base_fewshot.jsonl", fewshot)
     write_jsonl(out / "eval_trained.jsonl", trained)
-    stats = stats_records(base, trained, field=cfg.gate_field, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap,
-                          alpha=cfg.gate_alpha)
+    stats = cli_stats(base, fewshot, trained, cfg)
     write_json(out / "stats.json", {**stats, "items_file": str(items), "timing": timing})
-    print(json.dumps(stats, indent=2))
+    print(json.dumps({k: v for k, v in stats.items() if k not in ("in_context", "answer_skew")}, indent=2))
+    print(stats["in_context_verdict"]["sentence"])
     print(f"scored records and stats in {out}")
     return 0
+
+
+def cli_stats(base, fewshot, trained, cfg) -> dict:
+    """`cai eval`'s stats.json: base vs trained (as before) plus the in-context arm and answer skew."""
+    from .arms import check_paired, in_context_stats, verdict
+    from .diagnostics import eval_skew
+    from .stats import stats_records
+    check_paired(base, fewshot, trained)
+    stats = stats_records(base, trained, field=cfg.gate_field, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap,
+                          alpha=cfg.gate_alpha)
+    ic = in_context_stats(fewshot, trained, cfg, fields=(cfg.gate_field,))
+    return {**stats, "in_context": ic[cfg.gate_field],
+            "in_context_verdict": verdict(ic[cfg.gate_field], cfg.gate_alpha),
+            "answer_skew": eval_skew({"base_fewshot": fewshot, "trained": trained}, threshold=cfg.skew_threshold)}

@@ -16,6 +16,21 @@ Verdicts:
 * `FAIL` — anything else; `reasons` lists every unmet condition, one sentence each.
 
 Only PASS approves the adapter (the manifest and `cai run --strict` rely on that).
+
+Reported condition — `beats_in_context`: the trained model on raw instructions beats the
+base model with its best few-shot prompt on the same items (McNemar p < alpha, trained
+above few-shot; stats from `arms.in_context_stats`). It is always evaluated and shown,
+and required for PASS only when the profile sets `gate_require_in_context: true`. Not
+required by default, because Stage 1 certifies something narrower: that the adapter
+follows *raw* instructions at the target, significantly better than the raw base.
+Later stages send raw instructions with no frame and no stop strings, so an adapter that
+only matches the few-shot frame still does a job the frame cannot (it stops by itself,
+costs no prompt tokens, needs no stop strings). And on eval sets of 100-300 items a
+real but modest win over a strong few-shot arm is often not significant at alpha 0.01
+(few discordant items): requiring it would fail adapters for lack of items, not of
+quality. Whether training beats prompting is the scientific question of issue 12; the
+report answers it in its verdict sentence whichever way it falls. A reported condition
+that is unmet goes to `notes`, not `reasons`; a required one goes to `reasons`.
 """
 
 from __future__ import annotations
@@ -26,8 +41,14 @@ _REQUIRED = ("n", "base_rate", "trained_rate", "mcnemar_p", "b", "c")
 
 
 def gate_verdict(stats: dict, *, target: float = 0.95, alpha: float = 0.01, leakage_clean: bool,
-                 guard_held: bool, field: str = "strict") -> dict:
-    """Judge `stats` (from `stats.stats_records`) against the Stage 1 conditions."""
+                 guard_held: bool, field: str = "strict", in_context: dict | None = None,
+                 require_in_context: bool = False) -> dict:
+    """Judge `stats` (from `stats.stats_records`) against the Stage 1 conditions.
+
+    `in_context`: trained-raw vs base-few-shot stats on the same items (one field's
+    block of `arms.in_context_stats`), or None when the run has no few-shot arm.
+    `require_in_context`: whether `beats_in_context` must hold for PASS (module docstring).
+    """
     if not isinstance(stats, dict):
         raise CaiError("gate: stats must be the dict written by `cai stats` / results/stats.json")
     missing = [k for k in _REQUIRED if k not in stats]
@@ -43,6 +64,10 @@ def gate_verdict(stats: dict, *, target: float = 0.95, alpha: float = 0.01, leak
     for name, v in (("leakage_clean", leakage_clean), ("guard_held", guard_held)):
         if not isinstance(v, bool):
             raise CaiError(f"gate: {name} must be true or false, got {v!r}")
+
+    if not isinstance(require_in_context, bool):
+        raise CaiError(f"gate: require_in_context must be true or false, got {require_in_context!r}")
+    ic = _in_context_condition(in_context, alpha=alpha, field=field, required=require_in_context)
 
     base, trained, p = float(stats["base_rate"]), float(stats["trained_rate"]), float(stats["mcnemar_p"])
     lift_up = trained > base
@@ -68,7 +93,12 @@ def gate_verdict(stats: dict, *, target: float = 0.95, alpha: float = 0.01, leak
             "unmet": ("no guard evidence shows the evaluated model free of a chat template (stage 03 records "
                       "guard.guard_report in the manifest) — rerun stage 03")},
     }
-    reasons = [c["unmet"] for c in conditions.values() if not c["met"]]
+    if ic is not None:  # a run without the few-shot arm reports nothing about it unless required
+        conditions["beats_in_context"] = ic
+    for c in conditions.values():
+        c.setdefault("required_for_pass", True)
+    reasons = [c["unmet"] for c in conditions.values() if not c["met"] and c["required_for_pass"]]
+    notes = [c["unmet"] for c in conditions.values() if not c["met"] and not c["required_for_pass"]]
     if not conditions["base_below_target"]["met"]:
         verdict = "NO_GAP"
     elif reasons:
@@ -78,9 +108,35 @@ def gate_verdict(stats: dict, *, target: float = 0.95, alpha: float = 0.01, leak
     return {
         "verdict": verdict,
         "reasons": reasons,
+        "notes": notes,
         "conditions": {k: {kk: vv for kk, vv in c.items() if kk != "unmet"} for k, c in conditions.items()},
         "field": field,
         "target": float(target),
         "alpha": float(alpha),
         "n": int(stats["n"]),
     }
+
+
+def _in_context_condition(ic: dict | None, *, alpha: float, field: str, required: bool) -> dict | None:
+    """The `beats_in_context` condition: met when McNemar p < alpha with trained above few-shot."""
+    if ic is None:
+        if not required:
+            return None
+        return {"value": None, "required": f"McNemar p < {alpha:g} with trained raw > base few-shot",
+                "met": False, "required_for_pass": required,
+                "unmet": "no in-context (base few-shot) arm was evaluated — rerun stage 03 to add it"}
+    if not isinstance(ic, dict) or any(k not in ic for k in ("base_rate", "trained_rate", "mcnemar_p", "b", "c")):
+        raise CaiError("gate: in_context must be one field's block of arms.in_context_stats "
+                       "(base_rate, trained_rate, mcnemar_p, b, c) — regenerate stats.json")
+    if "field" in ic and ic["field"] != field:
+        raise CaiError(f"gate: in-context stats were computed on {ic['field']!r} but the gate uses {field!r} — "
+                       "pass the block for the gate's field")
+    fs, tr, p = float(ic["base_rate"]), float(ic["trained_rate"]), float(ic["mcnemar_p"])
+    up = tr > fs
+    unmet = (f"trained raw {field} {tr:.3f} is above base few-shot {fs:.3f} but McNemar p = {p:.3g} is not "
+             f"below {alpha:g}" if up else
+             f"trained raw {field} {tr:.3f} does not beat the base model's few-shot prompt {fs:.3f} on the same "
+             f"items (b={ic['b']} few-shot-only, c={ic['c']} trained-only passes)")
+    return {"value": {"trained_rate": tr, "fewshot_rate": fs, "mcnemar_p": p},
+            "required": f"McNemar p < {alpha:g} with trained raw > base few-shot", "met": p < alpha and up,
+            "required_for_pass": required, "unmet": unmet}

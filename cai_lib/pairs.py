@@ -11,6 +11,26 @@ Two strategies, picked per profile (`cfg.pair_strategy`):
   critique frame judges it against the Stage-1 principles; few-shot revision frame
   rewrites it. chosen = revision, rejected = original answer.
 
+* ``self_consistency`` (issue 12) — the response step's greedy answer plus
+  `pair_sc_k` *sampled* answers to the same few-shot prompt (temperature
+  `pair_sc_temperature`, seeded per slice of items, cai_lib.sampling). Each candidate is
+  cut and scored; the verified (strict-passing) answers vote by answer (yes/no, number,
+  else normalised text) and the most-voted verified answer is chosen — ties go to the
+  group holding the greedy answer, then to the earliest sample, so the vote is
+  deterministic. Rejected: the raw continuation (as format_distillation: "answer, then
+  stop"), plus up to `pair_sc_max_wrong` finished, verified-*wrong* samples, closest in
+  length to chosen first — pairs that differ in correctness at similar length, not only
+  in length (format_distillation's chosen is shorter in every pair).
+
+Every pair records its ``pair_type``: ``raw_continuation`` (rejected = the raw
+continuation), ``revision`` (critique_revision), ``wrong_sample`` (a verified-wrong
+sample), or ``empty_rejected`` — the model emitted EOS (or the frame's stop) at once: an
+empty answer is never chosen (chosen_empty), and when it appears as the rejected side it
+is kept as an example of what not to do (the scorer's ``empty`` detector fails it). With
+cfg.pair_balance, pairs are then dropped (seeded, reason ``rebalanced``) until no yes/no
+or number answer class exceeds its share among the train items by more than
+cfg.pair_balance_tolerance (cai_lib.diagnostics.rebalance_pairs).
+
 Conventions (shared with `train.py`; see DESIGN.md's contracts):
 
 * ``prompt`` is the item's instruction *exactly* as evaluation presents it (raw, no frame).
@@ -30,7 +50,8 @@ Conventions (shared with `train.py`; see DESIGN.md's contracts):
   Every check and detector (empty, echo, continuation) must pass on the cut text.
 
 Filtering (a dropped candidate gets its first reason, in this order, plus all reasons
-known): chosen_empty, chosen_unfinished, chosen_fails_strict, rejected_empty, identical
+known): chosen_empty, chosen_unfinished, chosen_fails_strict, rejected_empty (blank and not
+finished; a finished blank answer is an empty_rejected pair instead), identical
 (after whitespace normalisation), rejected_passes_strict (the rejected already passes
 strict, so the pair has no verifiable preference; kept when
 cfg.pair_keep_if_rejected_passes — measured on Gemma 3 270M, such critique_revision
@@ -49,6 +70,7 @@ the leakage guard.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import time
@@ -57,18 +79,21 @@ from typing import Callable, Sequence
 
 from . import prompts
 from .errors import CaiError
+from .diagnostics import answer_class, pair_skew, rebalance_pairs, truth_class
 from .jsonl import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
-from .scoring import score_record, word_count
+from .scoring import is_empty, score_record, word_count
 
-STRATEGIES = ("format_distillation", "critique_revision")
+STRATEGIES = ("format_distillation", "critique_revision", "self_consistency")
 # Steps are named by what they generate, not by strategy, so both strategies share the
 # "response" step's rows when a run switches strategy.
 STEPS = {
     "format_distillation": ("response", "raw"),
     "critique_revision": ("response", "critique", "revision"),
+    "self_consistency": ("response", "sample", "raw"),
 }
 REASONS = ("chosen_empty", "chosen_unfinished", "chosen_fails_strict", "rejected_empty", "identical",
-           "rejected_passes_strict")
+           "rejected_passes_strict", "rebalanced")
+PAIR_TYPES = ("raw_continuation", "revision", "wrong_sample", "empty_rejected")
 GEN_FIELDS = ("item_id", "step", "prompt", "response", "finish_reason")
 
 
@@ -235,6 +260,159 @@ def _run_step(step, items, store, *, loaded, gen, rotate_fn, cfg, max_new_tokens
             bar.close()
 
 
+# ---- self-consistency: sampled answers and the vote ------------------------------------
+
+def _default_sample(*args, **kwargs):
+    from .sampling import sample_generate  # lazy: torch-heavy module
+    return sample_generate(*args, **kwargs)
+
+
+def _slice_seed(seed: int, ids: Sequence[str]) -> int:
+    """A seed for one slice of items: depends on the run seed and the slice's ids only."""
+    import hashlib
+    return int.from_bytes(hashlib.sha256(f"{seed}:{','.join(ids)}".encode()).digest()[:4], "big")
+
+
+def _run_sample_step(items, store, *, loaded, sample_fn, cfg, max_new_tokens, rotate_fn, progress, timing):
+    """k sampled answers per item to its response-step prompt, stored as one row per item."""
+    step, k, temp = "sample", int(cfg.pair_sc_k), float(cfg.pair_sc_temperature)
+    stops = prompts.stop_strings("response")
+    t = timing.setdefault(step, {"generated": 0, "resumed": 0, "new_tokens": 0, "wall_s": 0.0})
+    requests = []
+    for it in items:
+        prompt, _ = _request(it, "response", store, cfg.n_fewshot, cfg.seed, rotate_fn)
+        have = store.get(it["id"], step)
+        if have is not None and (have["prompt"] != prompt or have.get("max_new_tokens") != max_new_tokens
+                                 or have.get("k") != k or have.get("temperature") != temp):
+            raise CaiError(f"{store.path}: the stored sampled answers for item {it['id']!r} were made with another "
+                           "prompt, max_new_tokens, pair_sc_k or pair_sc_temperature — delete that file (or use a "
+                           "new --run-id) to regenerate")
+        requests.append((it, prompt))
+    per_call = max(1, int(cfg.gen_batch_size) // k)  # rows per call = prompts x k
+    order = sorted(range(len(requests)), key=lambda i: (-len(requests[i][1]), i))
+    chunks = [[requests[i] for i in order[j:j + per_call]] for j in range(0, len(order), per_call)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(chunks), desc="pairs:sample")
+    try:
+        for chunk in chunks:
+            if all(store.get(it["id"], step) is not None for it, _ in chunk):
+                t["resumed"] += len(chunk)
+            else:  # a chunk is stored whole, so a resumed run never re-draws part of one
+                seed = _slice_seed(cfg.seed, [it["id"] for it, _ in chunk])
+                t0 = time.perf_counter()
+                outs = sample_fn(getattr(loaded, "model", None), getattr(loaded, "tokenizer", None),
+                                 [p for _, p in chunk], k=k, temperature=temp, max_new_tokens=max_new_tokens,
+                                 stop=stops, seed=seed)
+                t["wall_s"] += time.perf_counter() - t0
+                if len(outs) != len(chunk) or any(len(o) != k for o in outs):
+                    raise CaiError("sample_generate returned the wrong number of samples — a bug in sampling")
+                rows = []
+                for (it, prompt), samples in zip(chunk, outs):
+                    rows.append({"item_id": it["id"], "step": step, "type": it["type"], "prompt": prompt,
+                                 "response": "", "finish_reason": "", "samples": samples, "k": k,
+                                 "temperature": temp, "seed": seed, "max_new_tokens": max_new_tokens, "stop": stops})
+                    t["generated"] += 1
+                    t["new_tokens"] += sum(int(x.get("new_tokens") or 0) for x in samples)
+                store.add(rows)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _candidates(item: dict, greedy: str, greedy_fr: str, sample_row: dict | None) -> list[dict]:
+    """The greedy answer and each sample, cut at the frame's stops and scored."""
+    cands = [{"source": "greedy", "index": 0, "text": greedy, "fr": greedy_fr, "score": _score(item, greedy, greedy_fr)}]
+    for j, smp in enumerate((sample_row or {}).get("samples", []), 1):
+        text, fr = _cut_answer(smp, "response")
+        cands.append({"source": f"sample{j - 1}", "index": j, "text": text, "fr": fr, "score": _score(item, text, fr)})
+    return cands
+
+
+def answer_key(item: dict, text: str) -> str:
+    """What two answers must share to count as the same vote: the yes/no or the number
+    when the item's checks ask for one, else the normalised text."""
+    tc = truth_class(item)
+    if tc is not None:
+        return f"{tc[0]}:{answer_class(tc[0], text)}"
+    return "text:" + prompts.normalize(text)
+
+
+def _verified(c: dict) -> bool:
+    return c["score"]["strict"] and c["fr"] != "length" and bool(c["text"].strip())
+
+
+def vote(item: dict, candidates: Sequence[dict]) -> dict:
+    """The verified answer most candidates agree on (deterministic ties), with the tally.
+
+    Verified = passes strict (every check and detector) and finished. Groups are verified
+    candidates by `answer_key`; the largest group wins; a tie goes to the group holding the
+    greedy answer, then to the group whose first member came earliest. The winner's text is
+    the greedy answer when it is in the group, else the group's earliest sample.
+    `agreement` is the winner's share of all finished candidates (right or wrong)."""
+    candidates = sorted(candidates, key=lambda c: c["index"])  # the order given never decides the vote
+    finished = [c for c in candidates if c["fr"] != "length"]
+    tally = Counter(answer_key(item, c["text"]) for c in finished)
+    groups: dict[str, list[dict]] = {}
+    for c in candidates:
+        if _verified(c):
+            groups.setdefault(answer_key(item, c["text"]), []).append(c)
+    if not groups:
+        return {"chosen": None, "key": None, "tally": dict(tally), "n_verified": 0, "n_finished": len(finished),
+                "candidates": list(candidates)}
+    key = min(groups, key=lambda g: (-len(groups[g]), groups[g][0]["index"] != 0, groups[g][0]["index"]))
+    chosen = groups[key][0]  # candidates are in index order, so greedy (index 0) comes first
+    return {"chosen": chosen, "key": key, "tally": dict(tally), "n_verified": sum(len(g) for g in groups.values()),
+            "n_finished": len(finished), "votes": len(groups[key]),
+            "agreement": round(tally[key] / len(finished), 4) if finished else None,
+            "plurality_is_chosen": bool(tally) and max(tally.values()) == tally[key],
+            "candidates": list(candidates)}
+
+
+def _vote_record(v: dict) -> dict:
+    return {k: v.get(k) for k in ("key", "votes", "n_verified", "n_finished", "agreement", "plurality_is_chosen")} | {
+        "chosen_source": v["chosen"]["source"] if v.get("chosen") else None,
+        "greedy_verified": _verified(v["candidates"][0]) if v.get("candidates") else None}
+
+
+def length_ratio(chosen: str, rejected: str) -> float:
+    """chosen words / rejected words (an empty rejected counts as one word)."""
+    return count_words(chosen) / max(1, count_words(rejected))
+
+
+def is_length_matched(chosen: str, rejected: str, tolerance: float = 0.3) -> bool:
+    """Rejected's word count within ±tolerance of chosen's (both non-empty)."""
+    c, r = count_words(chosen), count_words(rejected)
+    return c > 0 and r > 0 and abs(r - c) <= tolerance * c
+
+
+def wrong_samples(v: dict, chosen: str, n: int, tolerance: float = 0.3) -> list[dict]:
+    """Up to n finished, verified-wrong candidates to pair against `chosen`: length-matched
+    ones first, closest in length first; distinct texts; an EOS-immediately one last."""
+    if n <= 0:
+        return []
+    seen = {_ws(chosen)}
+    out = []
+    wrong = [c for c in v.get("candidates", []) if c["fr"] != "length" and not c["score"]["strict"]]
+
+    def rank(c):
+        empty = is_eos_immediately(c["text"], c["fr"])
+        ratio = abs(math.log(max(1, count_words(c["text"])) / max(1, count_words(chosen))))
+        return (empty, not is_length_matched(chosen, c["text"], tolerance), ratio, c["index"])
+
+    for c in sorted(wrong, key=rank):
+        if _ws(c["text"]) in seen:
+            continue
+        seen.add(_ws(c["text"]))
+        out.append(c)
+        if len(out) == n:
+            break
+    return out
+
+
 # ---- pair assembly ----------------------------------------------------------------------
 
 def _new_tokens(store: _Store, item: dict, steps) -> dict:
@@ -259,10 +437,19 @@ def _chosen_reasons(chosen: str, fr: str, score: dict) -> list[str]:
     return reasons
 
 
+def is_eos_immediately(text: str, finish_reason: str) -> bool:
+    """The model ended its answer before writing a word (scoring's `empty` detector, and it stopped)."""
+    return finish_reason in ("eos", "stop") and is_empty(text)
+
+
 def _make_pair(item, strategy, chosen, ch_fr, ch_score, rejected, rj_fr, *, fewshot, extra,
-               keep_if_rejected_passes=False) -> dict | tuple:
+               keep_if_rejected_passes=False, pair_type="raw_continuation") -> dict | tuple:
     reasons = []
-    if not rejected.strip():
+    if not chosen.strip():  # never: callers drop chosen_empty first; a pair must not teach silence
+        raise CaiError(f"item {item['id']!r}: internal error — an empty answer reached a pair as chosen")
+    if is_eos_immediately(rejected, rj_fr):
+        pair_type = "empty_rejected"  # stopping at once (no word written) is the failure this pair shows
+    elif not rejected.strip():
         reasons.append("rejected_empty")
     elif _ws(chosen) == _ws(rejected):
         reasons.append("identical")
@@ -276,6 +463,7 @@ def _make_pair(item, strategy, chosen, ch_fr, ch_score, rejected, rj_fr, *, fews
         "chosen": chosen,
         "rejected": rejected,
         "strategy": strategy,
+        "pair_type": pair_type,
         "item_id": item["id"],
         "type": item["type"],
         "scores": {"chosen": ch_score, "rejected": rj_score},
@@ -302,11 +490,12 @@ def trl_record(pair: dict, leading_space: bool) -> dict:
 
 def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | None = None,
                 generate_fn: Callable | None = None, rotate_fn: Callable | None = None,
-                progress: bool = True) -> tuple[list[dict], list[dict]]:
+                sample_fn: Callable | None = None, progress: bool = True) -> tuple[list[dict], list[dict]]:
     """Generate (resumably) and filter preference pairs for `items`.
 
     `loaded` has `.model` and `.tokenizer` (models.Loaded). `generate_fn` / `rotate_fn`
-    default to generate.generate and fewshot.rotate (tests inject fakes). Writes
+    default to generate.generate and fewshot.rotate, `sample_fn` to sampling.sample_generate
+    (tests inject fakes). Writes
     data/generations.jsonl (appended per batch), data/preference_pairs.jsonl and
     data/pair_stats.json (atomic). Returns (pairs, dropped).
     """
@@ -337,31 +526,55 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
     answers = {it["id"]: _cut_answer(store.get(it["id"], "response"), "response") for it in items}
     fs = {it["id"]: {"response": store.get(it["id"], "response").get("fewshot_ids", [])} for it in items}
 
-    if strategy == "format_distillation":
+    if strategy in ("format_distillation", "self_consistency"):
+        votes = {}
+        if strategy == "self_consistency":
+            _run_sample_step(items, store, loaded=loaded, sample_fn=sample_fn or _default_sample, cfg=cfg,
+                             max_new_tokens=max_new, rotate_fn=rotate_fn, progress=progress, timing=timing)
         alive = []
-        chosen_scores = {}
+        chosen_of = {}
         for it in items:
-            chosen, fr = answers[it["id"]]
-            score = _score(it, chosen, fr)
-            reasons = _chosen_reasons(chosen, fr, score)
+            greedy, g_fr = answers[it["id"]]
+            if strategy == "self_consistency":
+                cands = _candidates(it, greedy, g_fr, store.get(it["id"], "sample"))
+                votes[it["id"]] = vote(it, cands)
+                won = votes[it["id"]]["chosen"]
+                if won is not None:
+                    chosen_of[it["id"]] = (won["text"], won["fr"], won["score"])
+                    alive.append(it)
+                    continue
+            score = _score(it, greedy, g_fr)
+            reasons = _chosen_reasons(greedy, g_fr, score)
             if reasons:
-                dropped.append(_drop(it, strategy, reasons, chosen=chosen, chosen_finish_reason=fr,
+                dropped.append(_drop(it, strategy, reasons, chosen=greedy, chosen_finish_reason=g_fr,
                                      failures=score["failures"]))
             else:
-                chosen_scores[it["id"]] = score
+                chosen_of[it["id"]] = (greedy, g_fr, score)
                 alive.append(it)
         _run_step("raw", alive, store, **run)
         for it in alive:
-            chosen, fr = answers[it["id"]]
+            chosen, fr, ch_score = chosen_of[it["id"]]
             raw = store.get(it["id"], "raw")
             rejected = raw["response"].strip()  # no cut: what evaluation sees
-            out = _make_pair(it, strategy, chosen, fr, chosen_scores[it["id"]], rejected, raw["finish_reason"],
-                             fewshot=fs[it["id"]], extra={"new_tokens": _new_tokens(store, it, STEPS[strategy])},
-                             keep_if_rejected_passes=keep_rp)
+            extra = {"new_tokens": _new_tokens(store, it, STEPS[strategy])}
+            if strategy == "self_consistency":
+                extra["vote"] = _vote_record(votes[it["id"]])
+            out = _make_pair(it, strategy, chosen, fr, ch_score, rejected, raw["finish_reason"],
+                             fewshot=fs[it["id"]], extra=extra, keep_if_rejected_passes=keep_rp)
             if isinstance(out, tuple):
                 dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=rejected))
             else:
                 pairs.append(out)
+            if strategy == "self_consistency":
+                for wrong in wrong_samples(votes[it["id"]], chosen, cfg.pair_sc_max_wrong,
+                                           cfg.pair_sc_length_tolerance):
+                    out = _make_pair(it, strategy, chosen, fr, ch_score, wrong["text"], wrong["fr"],
+                                     fewshot=fs[it["id"]], extra={**extra, "rejected_source": wrong["source"]},
+                                     keep_if_rejected_passes=False, pair_type="wrong_sample")
+                    if isinstance(out, tuple):  # e.g. identical after whitespace: not a preference
+                        dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=wrong["text"]))
+                    else:
+                        pairs.append(out)
     else:
         alive = []
         for it in items:
@@ -388,17 +601,24 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
             ids["revision"] = rev_row.get("fewshot_ids", [])
             out = _make_pair(it, strategy, chosen, fr, score, original, o_fr, fewshot=ids,
                              extra={"critique": critique, "new_tokens": _new_tokens(store, it, STEPS[strategy])},
-                             keep_if_rejected_passes=keep_rp)
+                             keep_if_rejected_passes=keep_rp, pair_type="revision")
             if isinstance(out, tuple):
                 dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=original, critique=critique))
             else:
                 pairs.append(out)
 
+    if getattr(cfg, "pair_balance", False):
+        by_id = {it["id"]: it for it in items}
+        pairs, removed = rebalance_pairs(pairs, items, tolerance=cfg.pair_balance_tolerance, seed=cfg.seed)
+        dropped += [_drop(by_id[p["item_id"]], strategy, ["rebalanced"], chosen=p["chosen"], rejected=p["rejected"],
+                          pair_type=p["pair_type"]) for p in removed]
+    if any(not p["chosen"].strip() for p in pairs):  # the no-empty-chosen rule, checked once more at the end
+        raise CaiError("internal error: a pair with an empty chosen answer was built — report this bug")
     for t in timing.values():  # throughput of what this call generated (resumed rows excluded)
         t["wall_s"] = round(t["wall_s"], 3)
         t["new_tokens_per_s"] = round(t["new_tokens"] / t["wall_s"], 2) if t["wall_s"] > 0 else None
     write_jsonl(paths.preference_pairs, [trl_record(p, cfg.chosen_leading_space) for p in pairs])
-    write_json(paths.pair_stats, pair_diagnostics(pairs, dropped, generation=timing))
+    write_json(paths.pair_stats, pair_diagnostics(pairs, dropped, generation=timing, items=items, cfg=cfg))
     return pairs, dropped
 
 
@@ -414,9 +634,67 @@ def _quantiles(values: Sequence[float]) -> dict:
             **{k: round(float(x), 3) for k, x in zip(("min", "p10", "p25", "median", "p75", "p90", "max"), q)}}
 
 
-def pair_diagnostics(pairs: Sequence[dict], dropped: Sequence[dict], generation: dict | None = None) -> dict:
+def _pair_correct(p: dict) -> bool:
+    """The preference is verifiable: chosen passes strict and rejected does not."""
+    return bool(p["scores"]["chosen"]["strict"]) and not p["scores"]["rejected"]["strict"]
+
+
+def by_pair_type(pairs: Sequence[dict], tolerance: float = 0.3) -> dict:
+    """Per pair type: count, share_chosen_shorter, chosen/rejected length ratio, share of
+    length-matched pairs (within ±tolerance) and share of verifiably correct preferences."""
+    groups = defaultdict(list)
+    for p in pairs:
+        groups[p.get("pair_type", "raw_continuation")].append(p)
+    groups["all"] = list(pairs)
+    out = {}
+    for t, ps in groups.items():
+        if not ps:
+            continue
+        n = len(ps)
+        out[t] = {"n": n,
+                  "share_chosen_shorter": round(sum(count_words(p["chosen"]) < count_words(p["rejected"])
+                                                    for p in ps) / n, 4),
+                  "length_ratio": _quantiles([length_ratio(p["chosen"], p["rejected"]) for p in ps]),
+                  "share_length_matched": round(sum(is_length_matched(p["chosen"], p["rejected"], tolerance)
+                                                    for p in ps) / n, 4),
+                  "pair_correct": round(sum(_pair_correct(p) for p in ps) / n, 4)}
+    return out
+
+
+def by_strategy(pairs: Sequence[dict], dropped: Sequence[dict], items: Sequence[dict] | None) -> dict:
+    """Keep-rate (items that gave at least one pair) and pair correctness per strategy."""
+    out = {}
+    for st in sorted({p["strategy"] for p in pairs} | {d["strategy"] for d in dropped}):
+        ps = [p for p in pairs if p["strategy"] == st]
+        with_pair = {p["item_id"] for p in ps}
+        n_items = len(items) if items is not None else len(with_pair | {d["item_id"] for d in dropped
+                                                                      if d["strategy"] == st})
+        out[st] = {"n_pairs": len(ps), "n_items": n_items, "items_with_pair": len(with_pair),
+                   "keep_rate_items": round(len(with_pair) / n_items, 4) if n_items else None,
+                   "pair_correct": round(sum(_pair_correct(p) for p in ps) / len(ps), 4) if ps else None}
+    return out
+
+
+def vote_summary(pairs: Sequence[dict]) -> dict | None:
+    """self_consistency: how often the vote kept greedy, rescued a failed greedy answer, agreed."""
+    vs = {p["item_id"]: p["vote"] for p in pairs if isinstance(p.get("vote"), dict)}
+    if not vs:
+        return None
+    n = len(vs)
+    agree = [v["agreement"] for v in vs.values() if v.get("agreement") is not None]
+    return {"n_items": n,
+            "chosen_from_greedy": sum(v["chosen_source"] == "greedy" for v in vs.values()),
+            "rescued_by_samples": sum(not v["greedy_verified"] for v in vs.values()),
+            "plurality_is_chosen": round(sum(bool(v["plurality_is_chosen"]) for v in vs.values()) / n, 4),
+            "agreement_mean": round(sum(agree) / len(agree), 4) if agree else None}
+
+
+def pair_diagnostics(pairs: Sequence[dict], dropped: Sequence[dict], generation: dict | None = None, *,
+                     items: Sequence[dict] | None = None, cfg=None) -> dict:
     """Counts kept/dropped (why, by strategy and type), length and edit-distance
-    distributions, and the share of pairs that differ only by length."""
+    distributions, the share of pairs that differ only by length; per pair type the
+    length ratio and share of length-matched pairs; per strategy keep-rate and pair
+    correctness; and, given the train `items`, the answer-skew report (diagnostics.pair_skew)."""
     kept = defaultdict(Counter)
     for p in pairs:
         kept[p["strategy"]][p["type"]] += 1
@@ -432,6 +710,8 @@ def pair_diagnostics(pairs: Sequence[dict], dropped: Sequence[dict], generation:
         if len(examples[d["reason"]]) < 3:
             examples[d["reason"]].append({k: (v[:200] if isinstance(v, str) else v) for k, v in d.items()
                                           if k in ("item_id", "type", "chosen", "rejected", "failures")})
+    tol = float(getattr(cfg, "pair_sc_length_tolerance", 0.3))
+    threshold = float(getattr(cfg, "skew_threshold", 0.10))
     cw = [p["lengths"]["chosen_words"] for p in pairs]
     rw = [p["lengths"]["rejected_words"] for p in pairs]
     ed = [p["edit_distance_words"] for p in pairs]
@@ -466,6 +746,19 @@ def pair_diagnostics(pairs: Sequence[dict], dropped: Sequence[dict], generation:
         "rejected_passes_strict": {"n": rej_strict, "share": round(rej_strict / n, 4) if n else None},
         "dropped_examples": dict(examples),
         "generation": generation or {},
+        "pair_types": by_pair_type(pairs, tol),
+        "share_length_matched": round(sum(is_length_matched(p["chosen"], p["rejected"], tol) for p in pairs) / n, 4)
+        if n else None,
+        "pair_correct": round(sum(_pair_correct(p) for p in pairs) / n, 4) if n else None,
+        "by_strategy": by_strategy(pairs, dropped, items),
+        "empty_chosen": sum(1 for p in pairs if not p["chosen"].strip()),
+        "empty_rejected_pairs": sum(1 for p in pairs if p.get("pair_type") == "empty_rejected"),
+        "vote": vote_summary(pairs),
+        "balance": ({"enabled": bool(getattr(cfg, "pair_balance", False)),
+                     "tolerance": getattr(cfg, "pair_balance_tolerance", None),
+                     "dropped": by_reason.get("rebalanced", 0)} if cfg is not None else None),
+        "answer_skew": pair_skew(pairs, items, threshold=threshold) if items is not None else None,
+        "skew_flagged": bool(items is not None and pair_skew(pairs, items, threshold=threshold)["flagged"]),
     }
 
 

@@ -219,12 +219,15 @@ def build_report(run_dir, cfg, *, write: bool = True) -> dict:
     stats = {f: stats_records(base, trained, field=f, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap,
                             alpha=cfg.gate_alpha)
              for f in FIELDS}
+    from .arms import gate_kwargs, stats_fields
+    in_context = stats_fields(paths, cfg)  # trained raw vs the base model's few-shot prompt, same items
     overlap = read_json(paths.overlap_report)
     guard_held = _guard_held(run_dir)
     gate = gate_verdict(stats[cfg.gate_field], target=cfg.gate_target, alpha=cfg.gate_alpha,
-                        leakage_clean=report_is_clean(overlap), guard_held=guard_held, field=cfg.gate_field)
+                        leakage_clean=report_is_clean(overlap), guard_held=guard_held, field=cfg.gate_field,
+                        **gate_kwargs(in_context, cfg))
     if write:
-        write_json(paths.stats, {"gate_field": cfg.gate_field, **stats})
+        write_json(paths.stats, {"gate_field": cfg.gate_field, **stats, **in_context})
         write_json(paths.gate, gate)
         manifest.update(run_dir, approval={"adapter_approved": gate["verdict"] == "PASS", "verdict": gate["verdict"]})
 
@@ -242,7 +245,7 @@ def build_report(run_dir, cfg, *, write: bool = True) -> dict:
     return {"stats": stats[cfg.gate_field], "all_stats": stats, "gate": gate, "rates": rates,
             "paired": paired, "field": cfg.gate_field, "failures": failures,
             "vs_baseline": vs_baseline_frame(paths, trained, cfg.gate_field),
-            "spot_check": spot, "seed": cfg.seed}
+            "spot_check": spot, "seed": cfg.seed, "in_context": in_context}
 
 
 def _guard_held(run_dir) -> bool:

@@ -63,6 +63,8 @@ class RunPaths:
     @property
     def eval_trained(self) -> Path: return self.results / "eval_trained.jsonl"
     @property
+    def eval_fewshot(self) -> Path: return self.results / "eval_base_fewshot.jsonl"
+    @property
     def eval_summary(self) -> Path: return self.results / "eval_summary.json"
     @property
     def stats(self) -> Path: return self.results / "stats.json"

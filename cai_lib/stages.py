@@ -41,8 +41,8 @@ STAGES = [
                                     "preference_pairs", "pair_stats")),
     Stage("02", "02_train", ("preference_pairs",), ("training_log", "adapter"), after=("01",)),
     Stage("03", "03_evaluate", ("eval_instructions", "train_instructions", "overlap_report", "adapter"),
-          ("eval_base", "eval_trained", "eval_summary"), after=("01", "02")),
-    Stage("04", "04_report", ("eval_base", "eval_trained", "eval_summary", "overlap_report", "training_log"),
+          ("eval_base", "eval_fewshot", "eval_trained", "eval_summary"), after=("01", "02")),
+    Stage("04", "04_report", ("eval_base", "eval_fewshot", "eval_trained", "eval_summary", "overlap_report", "training_log"),
           ("stats", "gate"), after=("02", "03"), always=True),
 ]
 BY_KEY = {s.key: s for s in STAGES}

@@ -164,7 +164,9 @@ def prepare_pairs(tokenizer, rows: list[dict], cfg, *, source="pairs") -> tuple[
     records = []
     for i, row in enumerate(rows, 1):
         chosen, rejected = answer_text(row, "chosen"), answer_text(row, "rejected")
-        if not chosen.strip() or not rejected.strip():
+        # An empty rejected is kept only when the data stage made it on purpose: "ended at once"
+        # (EOS immediately) is a failure the model must learn to avoid (pairs.py, pair_type).
+        if not chosen.strip() or (not rejected.strip() and row.get("pair_type") != "empty_rejected"):
             counts["dropped_empty"] += 1
             continue
         if chosen.strip() == rejected.strip():

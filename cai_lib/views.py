@@ -263,12 +263,18 @@ def verdict_box(result: dict, warnings: list[str] | None = None):
         f"<li>{'✓' if c['met'] else '✗'} {_esc(name.replace('_', ' '))}: {_esc(_cond_value(c['value']))} "
         f"(needs {_esc(c['required'])})</li>" for name, c in gate["conditions"].items())
     reasons = "".join(f"<li>{_esc(r)}</li>" for r in gate.get("reasons", []))
+    notes = "".join(f"<li>{_esc(r)}</li>" for r in gate.get("notes", []))
+    ic = (result.get("in_context") or {}).get("in_context_verdict")
+    ic_text = ic.get("sentence") if isinstance(ic, dict) else ic
     warn = "".join(f"<li>{_esc(w)}</li>" for w in warnings or [])
     return _HTML(
         f'<div style="border:3px solid {color};padding:10px 14px;margin:6px 0">'
         f'<h2 style="color:{color};margin:0 0 6px 0">Stage 1 gate: {gate["verdict"]}</h2>'
         f'<p style="margin:4px 0;font-size:1.05em">{_esc(sentence)}</p>'
+        + (f'<p style="margin:4px 0"><b>Against in-context prompting:</b> {_esc(ic_text)}</p>' if ic_text else "")
         + (f'<p style="margin:4px 0"><b>Why:</b></p><ul style="margin:2px 0">{reasons}</ul>' if reasons else "")
+        + (f'<p style="margin:4px 0"><b>Reported, not required for PASS:</b></p><ul style="margin:2px 0">{notes}</ul>'
+           if notes else "")
         + f'<details><summary>all conditions</summary><ul style="margin:2px 0">{conds}</ul></details>'
         + (f'<p style="margin:6px 0 0 0;color:#9a6700"><b>⚠ Warnings</b></p><ul style="margin:2px 0">{warn}</ul>'
            if warn else "")

@@ -120,3 +120,48 @@ def test_guard_condition_reads_real_evidence_from_stage_03(tmp_path):
     assert _guard_held(tmp_path) is False
     manifest.update_stage(tmp_path, "03", guard={"chat_template_now": False, "chat_markers_checked": ["<|im_start|>"]})
     assert _guard_held(tmp_path) is True
+
+
+# ---- beats_in_context: reported always, required only when asked (issue 12) --------------------
+
+def ic(both, b, c, neither, field="strict"):
+    """Trained-raw vs base-few-shot stats, shaped as arms.in_context_stats gives them."""
+    return st(both, b, c, neither, field)
+
+
+def test_in_context_is_reported_but_not_required_by_default():
+    s = st(20, 0, 77, 3)  # passes every required condition
+    lose = ic(80, 10, 7, 3)  # few-shot 0.90 vs trained 0.87: training does not beat prompting
+    g = gate_verdict(s, **OK, in_context=lose)
+    assert g["verdict"] == "PASS" and g["reasons"] == []
+    cond = g["conditions"]["beats_in_context"]
+    assert cond["met"] is False and cond["required_for_pass"] is False
+    assert cond["value"]["fewshot_rate"] == pytest.approx(0.90)
+    assert len(g["notes"]) == 1 and "does not beat the base model's few-shot prompt" in g["notes"][0]
+
+
+def test_in_context_required_fails_a_run_that_does_not_beat_prompting():
+    s = st(20, 0, 77, 3)
+    g = gate_verdict(s, **OK, in_context=ic(80, 10, 7, 3), require_in_context=True)
+    assert g["verdict"] == "FAIL" and len(g["reasons"]) == 1 and "few-shot" in g["reasons"][0]
+    not_sig = ic(80, 3, 7, 10)  # trained above few-shot, p = 0.34
+    g = gate_verdict(s, **OK, in_context=not_sig, require_in_context=True)
+    assert g["verdict"] == "FAIL" and "is not below" in g["reasons"][0]
+    beat = ic(20, 0, 60, 20)  # few-shot 0.20, trained 0.80
+    g = gate_verdict(s, **OK, in_context=beat, require_in_context=True)
+    assert g["verdict"] == "PASS" and g["conditions"]["beats_in_context"]["met"] is True
+    # required but never measured: fails with a reason naming the fix
+    g = gate_verdict(s, **OK, require_in_context=True)
+    assert g["verdict"] == "FAIL" and "rerun stage 03" in g["reasons"][0]
+    # not required and not measured: not listed at all (older runs keep their gate)
+    assert "beats_in_context" not in gate_verdict(s, **OK)["conditions"]
+
+
+def test_in_context_bad_input_is_one_line():
+    s = st(20, 0, 77, 3)
+    with pytest.raises(CaiError, match="in_context must be"):
+        gate_verdict(s, **OK, in_context={"n": 3})
+    with pytest.raises(CaiError, match="computed on 'loose'"):
+        gate_verdict(s, **OK, in_context=ic(20, 0, 60, 20, field="loose"))
+    with pytest.raises(CaiError, match="require_in_context"):
+        gate_verdict(s, **OK, in_context=None, require_in_context="false")

@@ -79,7 +79,7 @@ FD = {
     (ITEMS[0]["instruction"], "raw"): (" Paris. Paris is the capital of France and the largest city", "length"),
     # chosen fails its check (wrong fact)
     (ITEMS[1]["instruction"], "response"): (" Madrid.\n\n", "length"),
-    # kept, but the raw continuation is empty -> rejected_empty
+    # kept: the raw continuation is EOS at once -> an empty_rejected pair (issue 12 item 4)
     (ITEMS[2]["instruction"], "response"): (" Four.\n\n", "length"),
     (ITEMS[2]["instruction"], "raw"): ("", "eos"),
     # identical after stripping -> dropped
@@ -133,8 +133,12 @@ def build(tmp_path, strategy, script, name="run", **kw):
 
 def test_format_distillation_pairs_and_filters(tmp_path):
     (kept, dropped), paths, gen = build(tmp_path, "format_distillation", FD)
-    assert [p["item_id"] for p in kept] == ["qa-1"]
+    assert [p["item_id"] for p in kept] == ["qa-1", "qa-3"]
     p = kept[0]
+    assert p["pair_type"] == "raw_continuation"
+    empty = kept[1]  # "EOS immediately" on the raw prompt is what not to do: rejected, never chosen
+    assert empty["pair_type"] == "empty_rejected" and empty["rejected"] == "" and empty["chosen"] == "Four."
+    assert empty["scores"]["rejected"]["failures"] == ["number", "empty"]
     assert p["prompt"] == ITEMS[0]["instruction"]  # raw instruction, exactly
     assert p["chosen"] == "Paris."  # cut at the frame's stop, stripped
     assert p["rejected"] == "Paris. Paris is the capital of France and the largest city"  # not cut
@@ -150,7 +154,7 @@ def test_format_distillation_pairs_and_filters(tmp_path):
     assert p["new_tokens"] == {"response": 1, "raw": 11}
 
     reasons = {d["item_id"]: d["reason"] for d in dropped}
-    assert reasons == {"qa-2": "chosen_fails_strict", "qa-3": "rejected_empty", "co-1": "identical",
+    assert reasons == {"qa-2": "chosen_fails_strict", "co-1": "identical",
                        "ge-1": "chosen_empty", "re-1": "chosen_unfinished"}
     qa2 = next(d for d in dropped if d["item_id"] == "qa-2")
     assert qa2["failures"] == ["contains_any"]
@@ -169,10 +173,14 @@ def test_format_distillation_pairs_and_filters(tmp_path):
     # the file holds the TRL text (separator + answer) and the raw answers (pairs.trl_record)
     assert read_jsonl(paths.preference_pairs) == [pairs.trl_record(p, False) for p in kept]
     stats = read_json(paths.pair_stats)
-    assert stats["n_kept"] == 1 and stats["n_dropped"] == 5
+    assert stats["n_kept"] == 2 and stats["n_dropped"] == 4
     assert stats["generation"]["response"]["generated"] == 6 and stats["generation"]["raw"]["generated"] == 3
-    assert stats["dropped_by_reason"] == {"chosen_fails_strict": 1, "rejected_empty": 1, "identical": 1,
+    assert stats["dropped_by_reason"] == {"chosen_fails_strict": 1, "identical": 1,
                                           "chosen_empty": 1, "chosen_unfinished": 1}
+    assert stats["empty_chosen"] == 0 and stats["empty_rejected_pairs"] == 1
+    assert stats["pair_types"]["raw_continuation"]["share_chosen_shorter"] == 1.0
+    assert stats["by_strategy"]["format_distillation"]["keep_rate_items"] == round(2 / 6, 4)
+    assert stats["answer_skew"] is not None
 
 
 def test_critique_revision_pairs_and_filters(tmp_path):
@@ -386,3 +394,188 @@ def test_pair_whose_rejected_already_passes_is_dropped_unless_asked(tmp_path):
     (kept, dropped), _, _ = build(tmp_path, "format_distillation", script, name="b", pair_keep_if_rejected_passes=True)
     p = next(p for p in kept if p["item_id"] == "qa-1")
     assert p["scores"]["rejected"]["strict"] is True and p["rejected"] == "The capital is Paris."
+
+
+# ---- self_consistency (issue 12) ---------------------------------------------------------------
+
+class FakeSampler:
+    """k scripted samples per instruction; records each call's seed and prompts."""
+
+    def __init__(self, script):
+        self.script, self.calls = script, []
+
+    def __call__(self, model, tokenizer, prompts_, *, k, temperature, max_new_tokens, stop=None, seed=0):
+        self.calls.append({"prompts": list(prompts_), "k": k, "temperature": temperature, "seed": seed})
+        out = []
+        for p in prompts_:
+            instr, step = _instruction_and_step(p)
+            assert step == "response"  # samples answer the same few-shot prompt as the greedy answer
+            recs = []
+            for text, fr in self.script[instr][:k]:
+                cut, hit = prompts.cut_at_stop(text, stop or [])
+                recs.append({"response": cut, "finish_reason": "stop" if hit else fr, "new_tokens": len(text.split())})
+            out.append(recs)
+        return out
+
+
+I = {it["id"]: it["instruction"] for it in ITEMS}
+SC_GREEDY = {
+    (I["qa-1"], "response"): (" Lyon.\n\n", "length"),        # greedy wrong: the samples rescue it
+    (I["qa-2"], "response"): (" blue.\n\n", "length"),        # never right
+    (I["qa-3"], "response"): (" 4.\n\n", "length"),           # greedy right
+    (I["co-1"], "response"): (" green.\n\n", "length"),       # wrong; samples tie 2-2
+    (I["ge-1"], "response"): (" Cats purr.\n\n", "length"),   # right
+    (I["re-1"], "response"): (" No.\n\n", "length"),          # yes-item answered no
+}
+SC_RAW = {(instr, "raw"): (" and then it goes on and on without an end", "length") for instr in I.values()}
+SC_SAMPLES = {
+    I["qa-1"]: [(" Paris.\n\n", "length"), (" Paris is the capital.\n\n", "length"), (" Lyon.\n\n", "length"),
+                (" Rome.\n\n", "length")],
+    I["qa-2"]: [(" Quito.\n\n", "length"), ("", "eos"), (" Quito.\n\n", "length"), (" La Paz.\n\n", "length")],
+    I["qa-3"]: [(" Five.\n\n", "length"), (" 4.\n\n", "length"), (" 4\n\n", "length"), (" Four, because 2+2.\n\n", "length")],
+    I["co-1"]: [(" bright blue.\n\n", "length"), (" blue.\n\n", "length"), (" blue.\n\n", "length"),
+                (" bright blue.\n\n", "length")],
+    I["ge-1"]: [("", "eos"), (" Cats purr. Dogs bark.\n\n", "length"), (" Cats purr.\n\n", "length"),
+                (" Cats nap all day and then", "length")],
+    I["re-1"]: [(" Yes.\n\n", "length"), (" Yes.\n\n", "length"), (" No.\n\n", "length"), (" Yes, it is.\n\n", "length")],
+}
+
+
+def build_sc(tmp_path, name="sc", sampler=None, **kw):
+    paths = run_paths(tmp_path / name)
+    sampler = sampler or FakeSampler(SC_SAMPLES)
+    out = pairs.build_pairs(None, ITEMS, cfg(**{"pair_sc_k": 4, **kw}), paths, strategy="self_consistency",
+                            generate_fn=FakeGen({**SC_GREEDY, **SC_RAW}), rotate_fn=fake_rotate,
+                            sample_fn=sampler, progress=False)
+    return out, paths, sampler
+
+
+def test_self_consistency_vote_chooses_the_verified_majority(tmp_path):
+    (kept, dropped), paths, sampler = build_sc(tmp_path)
+    raw_pairs = {p["item_id"]: p for p in kept if p["pair_type"] == "raw_continuation"}
+    # qa-1: greedy "Lyon." is wrong; verified "Paris." (sample0) and "Paris is the capital." (sample1)
+    # share the key only as text, so each is its own group of 1: tie -> earliest sample
+    assert raw_pairs["qa-1"]["chosen"] == "Paris."
+    assert raw_pairs["qa-1"]["vote"]["chosen_source"] == "sample0"
+    assert raw_pairs["qa-1"]["vote"]["greedy_verified"] is False
+    # qa-3 (number item): "4." greedy, "4." and "4" are the answer 4 (3 votes, greedy's text); "Four,
+    # because 2+2." reads as 2 (the scorer takes the last number), so it is a wrong sample
+    assert raw_pairs["qa-3"]["chosen"] == "4." and raw_pairs["qa-3"]["vote"]["votes"] == 3
+    assert raw_pairs["qa-3"]["vote"]["key"] == "number:4"
+    assert raw_pairs["qa-3"]["vote"]["chosen_source"] == "greedy"
+    # co-1: "bright blue." x2 vs "blue." x2, greedy in neither -> the group that appeared first
+    assert raw_pairs["co-1"]["chosen"] == "bright blue."
+    # re-1: yes-item, greedy "No." is wrong, three samples say yes
+    assert raw_pairs["re-1"]["chosen"] == "Yes." and raw_pairs["re-1"]["vote"]["votes"] == 3
+    assert raw_pairs["re-1"]["vote"]["agreement"] == 0.6  # 3 of 5 finished candidates
+    # qa-2: no verified candidate -> dropped with the greedy answer's reasons
+    assert next(d for d in dropped if d["item_id"] == "qa-2")["reason"] == "chosen_fails_strict"
+    assert all(p["chosen"].strip() for p in kept)  # no empty chosen, though empty samples exist
+    # seeds: one per slice of items, from the run seed and the slice's ids; recorded on each row
+    rows = [r for r in read_jsonl(paths.generations) if r["step"] == "sample"]
+    assert {r["seed"] for r in rows} == {c["seed"] for c in sampler.calls}
+    assert all(c["k"] == 4 and c["temperature"] == 0.7 for c in sampler.calls)
+    assert all(len(c["prompts"]) == 1 for c in sampler.calls)  # gen_batch_size 2 // k 4 -> 1 prompt per call
+    first = sampler.calls[0]
+    ids = [next(it["id"] for it in ITEMS if it["instruction"] == _instruction_and_step(first["prompts"][0])[0])]
+    assert first["seed"] == pairs._slice_seed(0, ids)
+
+
+def test_vote_tie_goes_to_the_greedy_group_and_is_deterministic():
+    it = ITEMS[3]  # "The sky is" / contains blue
+
+    def c(i, text):
+        return {"source": "greedy" if i == 0 else f"sample{i - 1}", "index": i, "text": text, "fr": "stop",
+                "score": pairs._score(it, text, "stop")}
+
+    cands = [c(0, "blue."), c(1, "bright blue."), c(2, "bright blue."), c(3, "blue."), c(4, "red.")]
+    v = pairs.vote(it, cands)
+    assert v["chosen"]["source"] == "greedy" and v["votes"] == 2
+    for seed in range(5):  # the order candidates arrive in does not decide the vote
+        shuffled = random.Random(seed).sample(cands, len(cands))
+        assert pairs.vote(it, shuffled)["chosen"]["source"] == "greedy"
+    # without the greedy answer the 2-2 tie goes to the group that appeared first
+    tie = cands[1:] + [c(5, "blue.")]  # bright blue x2 (first at 1) vs blue x2 (first at 3)
+    assert pairs.vote(it, tie)["chosen"]["source"] == "sample0" and pairs.vote(it, tie)["votes"] == 2
+    # an unfinished or empty answer never wins, even if it would pass the checks' words
+    cands = [{**c(0, "blue and on and on"), "fr": "length"}, c(1, ""), c(2, "red.")]
+    assert pairs.vote(it, cands)["chosen"] is None
+
+
+def test_self_consistency_wrong_samples_are_length_matched_rejected(tmp_path):
+    (kept, _), paths, _ = build_sc(tmp_path, pair_sc_max_wrong=2)
+    wrong = [p for p in kept if p["pair_type"] in ("wrong_sample", "empty_rejected") and p["strategy"] == "self_consistency"]
+    by_item = {}
+    for p in wrong:
+        by_item.setdefault(p["item_id"], []).append(p)
+    # qa-1: "Lyon." (greedy, 1 word vs "Paris." 1 word: matched) first, then "Rome."
+    assert [p["rejected"] for p in by_item["qa-1"]] == ["Lyon.", "Rome."]
+    assert all(p["scores"]["rejected"]["strict"] is False for p in wrong)
+    # ge-1: the two-sentence answer first; the EOS-immediately sample last, kept as an empty_rejected pair
+    assert [(p["pair_type"], p["rejected"]) for p in by_item["ge-1"]] == [
+        ("wrong_sample", "Cats purr. Dogs bark."), ("empty_rejected", "")]
+    # re-1: the wrong "No." against "Yes." — same length, opposite answer
+    assert [p["rejected"] for p in by_item["re-1"]] == ["No."]
+    stats = read_json(paths.pair_stats)
+    pt = stats["pair_types"]
+    assert pt["raw_continuation"]["share_chosen_shorter"] == 1.0 and pt["raw_continuation"]["share_length_matched"] == 0
+    assert pt["wrong_sample"]["share_length_matched"] >= 0.5
+    assert pt["wrong_sample"]["pair_correct"] == 1.0
+    assert stats["share_length_matched"] > 0.3
+    assert stats["vote"]["rescued_by_samples"] == 3  # qa-1, co-1, re-1
+    assert stats["empty_chosen"] == 0
+    sc = stats["by_strategy"]["self_consistency"]
+    assert sc["items_with_pair"] == 5 and sc["keep_rate_items"] == round(5 / 6, 4)
+    # pair_sc_max_wrong=0 gives format_distillation's shape with voted chosen answers
+    (kept0, _), _, _ = build_sc(tmp_path, name="sc0", pair_sc_max_wrong=0)
+    assert {p["pair_type"] for p in kept0} == {"raw_continuation"}
+
+
+def test_self_consistency_resume_reuses_samples_and_refuses_other_k(tmp_path):
+    (kept, _), paths, s1 = build_sc(tmp_path, name="r")
+    (again, _), _, s2 = build_sc(tmp_path, name="r")
+    assert again == kept and s2.calls == []  # every slice was stored: nothing re-sampled
+    with pytest.raises(CaiError, match="pair_sc_k"):
+        build_sc(tmp_path, name="r", pair_sc_k=3)
+
+
+def test_balance_drops_the_dominant_answer_class(tmp_path):
+    yes = [item(f"y{i}", "response", f"Respond with yes or no: Is thing {i} real?", [{"kind": "yes_no", "value": "yes"}])
+           for i in range(6)]
+    no = [item(f"n{i}", "response", f"Respond with yes or no: Is thing {i} fake?", [{"kind": "yes_no", "value": "no"}])
+          for i in range(6)]
+    items = yes + no
+    script = {}
+    for it in items:  # a yes-biased model: "Yes." to everything, so only yes-items keep a pair
+        script[(it["instruction"], "response")] = (" Yes.\n\n", "length")
+        script[(it["instruction"], "raw")] = (" Yes and more and more", "length")
+    script[(no[0]["instruction"], "response")] = (" No.\n\n", "length")  # one no-item answered right
+    c = cfg(pair_balance=True, pair_balance_tolerance=0.05)
+    paths = run_paths(tmp_path / "bal")
+    kept, dropped = pairs.build_pairs(None, items, c, paths, strategy="format_distillation", generate_fn=FakeGen(script),
+                                      rotate_fn=fake_rotate, progress=False)
+    assert sorted(p["chosen"] for p in kept) == ["No.", "Yes."]  # 1 no -> at most 1 yes (share 0.5 <= 0.55)
+    assert sum(d["reason"] == "rebalanced" for d in dropped) == 5
+    stats = read_json(paths.pair_stats)
+    assert stats["balance"] == {"enabled": True, "tolerance": 0.05, "dropped": 5}
+    assert not stats["answer_skew"]["chosen_vs_pool"]["flagged"]
+    # without balancing the same pairs are flagged as skewed
+    kept2, _ = pairs.build_pairs(None, items, cfg(), run_paths(tmp_path / "unbal"), strategy="format_distillation",
+                                 generate_fn=FakeGen(script), rotate_fn=fake_rotate, progress=False)
+    assert len(kept2) == 7
+    assert read_json(run_paths(tmp_path / "unbal").pair_stats)["skew_flagged"] is True
+
+
+def test_sample_generate_on_the_tiny_model_is_seeded(tiny_tok):
+    from tiny import tiny_model
+    from cai_lib.sampling import sample_generate
+    model = tiny_model(tiny_tok, seed=0)
+    kw = dict(k=3, temperature=0.7, max_new_tokens=5, stop=["\n\n"])
+    a = sample_generate(model, tiny_tok, ["Hello there", "A longer prompt here"], seed=7, **kw)
+    b = sample_generate(model, tiny_tok, ["Hello there", "A longer prompt here"], seed=7, **kw)
+    assert a == b and len(a) == 2 and all(len(x) == 3 for x in a)
+    assert all(r["finish_reason"] in ("eos", "length", "stop") for x in a for r in x)
+    c = sample_generate(model, tiny_tok, ["Hello there", "A longer prompt here"], seed=8, **kw)
+    assert c != a  # another seed draws other samples (5 tokens x 6 rows: a collision is vanishingly rare)
+    with pytest.raises(CaiError, match="temperature"):
+        sample_generate(model, tiny_tok, ["x"], seed=0, k=1, temperature=0, max_new_tokens=2)

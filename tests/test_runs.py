@@ -54,7 +54,8 @@ def _fake_run(tmp_path, cfg=None):
     _done_stage(run_dir, "01", cfg, {"train_instructions": "{}\n", "eval_instructions": "{}\n",
                                      "overlap_report": "{}", "preference_pairs": "{}\n", "pair_stats": "{}"})
     _done_stage(run_dir, "02", cfg, {"training_log": "{}", "adapter": "{}"})
-    _done_stage(run_dir, "03", cfg, {"eval_base": "{}\n", "eval_trained": "{}\n", "eval_summary": "{}"})
+    _done_stage(run_dir, "03", cfg, {"eval_base": "{}\n", "eval_fewshot": "{}\n", "eval_trained": "{}\n",
+                                     "eval_summary": "{}"})
     return run_dir, cfg
 
 

@@ -1,0 +1,75 @@
+"""Seeded temperature sampling for self-consistency pairs (stage 01 only).
+
+Evaluation is greedy (cai_lib.generate). The self_consistency pair strategy needs
+several *different* answers from the base model to the same few-shot prompt, so this
+module samples k continuations per prompt: temperature only (top_k = 0, top_p = 1, so a
+model's own generation_config cannot quietly narrow the distribution), the same prompt
+encoding as everywhere (cai_lib.guard: one BOS, no chat markers), stop strings, and
+finish reasons as generate() records them.
+
+Reproducibility: the caller passes one seed per call; torch's RNG is seeded with it just
+before decoding. The pair builder calls with fixed slices of its item list and a seed
+derived from the slice's item ids, so a resumed run draws the same samples as an
+uninterrupted one on the same device and library versions.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from transformers import GenerationConfig, StoppingCriteriaList
+
+from . import guard
+from .errors import CaiError
+from .generate import _StopStrings, _eos_ids, _pad_id
+from .prompts import cut_at_stop
+
+
+def sample_generate(model, tokenizer, prompts: Sequence[str], *, k: int, temperature: float, max_new_tokens: int,
+                    stop: list[str] | None = None, seed: int = 0) -> list[list[dict]]:
+    """k sampled continuations per prompt, in one batch of len(prompts) * k rows.
+
+    Returns per prompt a list of k records {response, finish_reason, new_tokens}."""
+    if k < 1 or max_new_tokens < 1:
+        raise CaiError(f"sample_generate: k and max_new_tokens must be >= 1 (got {k}, {max_new_tokens})")
+    if not temperature > 0:
+        raise CaiError(f"sample_generate: temperature must be > 0, got {temperature} — use greedy generate() instead")
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    encoded = guard.encode_prompts(tokenizer, prompts)
+    eos = _eos_ids(model, tokenizer)
+    pad = _pad_id(tokenizer, eos)
+    rows = [ids for ids in encoded for _ in range(k)]
+    width = max(len(x) for x in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, ids in enumerate(rows):  # left padding, as generate() does
+        input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attn[r, width - len(ids):] = 1
+    device = getattr(model, "device", torch.device("cpu"))
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=float(temperature), top_k=0,
+                           top_p=1.0, num_beams=1, eos_token_id=eos or None, pad_token_id=pad)
+    stopper = _StopStrings(tokenizer, stop, width, len(rows)) if stop else None
+    torch.manual_seed(int(seed))
+    with torch.inference_mode():
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), generation_config=cfg,
+                             stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None)
+    new = out[:, width:].tolist()
+    eos_set = set(eos)
+    recs = []
+    for r, row in enumerate(new):
+        end, reason = len(row), "length"
+        first_eos = next((j for j, t in enumerate(row) if t in eos_set), None)
+        if stopper is not None and stopper.stopped_at[r] is not None and (
+                first_eos is None or stopper.stopped_at[r] <= first_eos):
+            end, reason = stopper.stopped_at[r], "stop"
+        elif first_eos is not None:
+            end, reason = first_eos + 1, "eos"
+        text = tokenizer.decode([t for t in row[:end] if t not in eos_set], skip_special_tokens=True)
+        if stop:
+            text, hit = cut_at_stop(text, stop)
+            reason = "stop" if hit else reason
+        recs.append({"response": text, "finish_reason": reason, "new_tokens": end})
+    return [recs[i * k:(i + 1) * k] for i in range(len(prompts))]
