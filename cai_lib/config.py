@@ -397,7 +397,7 @@ def parse_overrides(pairs: list[str] | None) -> dict:
 
 # ---- notebooks -----------------------------------------------------------------------------
 
-def resolve(run_dir: Path | None, params: Mapping[str, Any], *, verbose: bool = False) -> RunConfig:
+def resolve(run_dir: Path | None, params: Mapping[str, Any]) -> RunConfig:
     """Config for a notebook: the run's config.json exactly, unless a parameter overrides it.
 
     `params` may be a notebook's globals(): only RunConfig field names whose value is not
@@ -423,8 +423,6 @@ def resolve(run_dir: Path | None, params: Mapping[str, Any], *, verbose: bool = 
     if config_file is not None and not config_file.exists():  # a notebook that starts a new run records it
         from .jsonl import write_json
         write_json(config_file, cfg.to_dict())
-    if verbose and not overrides:
-        print(f"config: {config_file if config_file is not None and config_file.exists() else 'defaults'}")
     apply_environment(cfg)
     return cfg
 

@@ -28,12 +28,6 @@ from .stages import STAGES, Stage
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 
 
-def notebook_parameters(nb_path: Path) -> dict:
-    """The parameters a notebook declares (its `parameters` cell), via papermill."""
-    import papermill as pm
-    return pm.inspect_notebook(str(nb_path))
-
-
 def reports_dir(run_id: str) -> Path:
     return base_dir() / "reports" / run_id
 
@@ -206,7 +200,7 @@ def run_pipeline(profile: str | None = None, run_id: str = "", stages: str | Non
 
     for stage in selected:
         nb_path = NOTEBOOK_DIR / f"{stage.notebook}.ipynb"
-        params = stage_state.stage_params(stage, cfg, notebook_parameters(nb_path))
+        params = stage_state.stage_params(stage, cfg)  # the RunConfig fields its notebook declares
         fp = fingerprint(stage, nb_path, params, cfg, paths)
         prev = manifest.load(run_dir).get("stages", {}).get(stage.key, {})
         why = _why_run(stage, fp, prev, stage_state.problem(run_dir, stage.key, cfg) if prev else None)
