@@ -16,8 +16,10 @@ Reported per variant: pair figures (pairs, keep-rate, share_chosen_shorter, shar
 length-matched, pair correctness, skew flag), strict/loose/form, EOS rate, yes/no accuracy
 and share of "yes" vs the true share, and trained-raw vs base-few-shot paired stats.
 
-    python benchmarks/ablation_pairs.py --out RUN_FOLDER [--n-train 40] [--n-eval 40] [--k 3]
-        [--max-steps 10] [--variants a,b] [--json benchmarks/results/ablation_pairs_cpu.json]
+    python benchmarks/ablation_pairs.py --out RUN_FOLDER [--n-train N] [--n-eval N] [--k K]
+        [--max-steps N] [--variants a,b] [--json benchmarks/results/ablation_pairs_cpu.json]
+
+Without options every setting is the run configuration's default, i.e. the cpu-quick profile.
 
 The JSON is rewritten after every variant, so a run cut short keeps what finished.
 """
@@ -93,7 +95,7 @@ def run(out: Path, cfg, names: list[str], json_path: Path, progress: bool) -> di
                                                       "data_max_new_tokens", "eval_max_new_tokens", "pair_sc_k",
                                                       "pair_sc_temperature", "pair_sc_max_wrong", "max_steps",
                                                       "per_device_batch_size", "learning_rate", "beta", "loss_type",
-                                                      "lora_r", "n_fewshot", "gen_batch_size")},
+                                                      "lora_r", "n_fewshot", "gen_batch_size", "num_epochs")},
               "n_train": len(train_items), "n_eval": len(eval_items), "variants": {}, "arms": {}}
     base_raw = base_fs = None
     for name in names:
@@ -167,11 +169,13 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description="pair-construction ablation (issue 12)")
     ap.add_argument("--out", required=True, help="a fresh folder for the ablation's run (resumable)")
-    ap.add_argument("--n-train", type=int, default=40)
-    ap.add_argument("--n-eval", type=int, default=40)
-    ap.add_argument("--k", type=int, default=3, help="self_consistency samples per item")
-    ap.add_argument("--max-steps", type=int, default=10)
-    ap.add_argument("--max-new-tokens", type=int, default=32, help="data and eval generation limit")
+    # Every knob defaults to the run configuration's default (= the cpu-quick profile), so the
+    # ablation trains and evaluates exactly as `cai run --profile cpu-quick` does unless told otherwise.
+    ap.add_argument("--n-train", type=int, default=None, help="n_train_items (default: the config's)")
+    ap.add_argument("--n-eval", type=int, default=None, help="n_eval_items (default: the config's)")
+    ap.add_argument("--k", type=int, default=None, help="pair_sc_k, self_consistency samples per item")
+    ap.add_argument("--max-steps", type=int, default=None, help="max_steps (default: the config's epochs)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="data and eval generation limit")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation_pairs_cpu.json"))
     ap.add_argument("--quiet", action="store_true")
@@ -181,9 +185,9 @@ def main(argv=None) -> int:
         bad = [n for n in names if n not in VARIANTS]
         if bad:
             raise CaiError(f"--variants: unknown {bad[0]!r} — choose from {list(VARIANTS)}")
-        cfg = RunConfig(n_train_items=a.n_train, n_eval_items=a.n_eval, pair_sc_k=a.k, max_steps=a.max_steps,
-                        data_max_new_tokens=a.max_new_tokens, eval_max_new_tokens=a.max_new_tokens, gen_batch_size=8,
-                        n_bootstrap=1000)
+        given = {"n_train_items": a.n_train, "n_eval_items": a.n_eval, "pair_sc_k": a.k, "max_steps": a.max_steps,
+                 "data_max_new_tokens": a.max_new_tokens, "eval_max_new_tokens": a.max_new_tokens}
+        cfg = RunConfig(**{k: v for k, v in given.items() if v is not None})
         result = run(Path(a.out), cfg, names, Path(a.json), progress=not a.quiet)
     except CaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
