@@ -1,5 +1,9 @@
-"""Leakage guard: no eval instruction may repeat, or nearly repeat, a train instruction or a
-few-shot example used in data-generation prompts.
+"""Leakage detector: which eval instructions repeat, or nearly repeat, a train instruction or
+a few-shot example used in data-generation prompts.
+
+A pure detector: it reads no files and knows no corpus of its own; the reference corpus
+for document frequencies is passed in. The split that uses it (pools, the shipped corpus,
+the overlap report, `cai leakage`) is cai_lib.split.
 
 Why not plain character n-grams: "What is the capital of France?" vs "What is the capital
 city of France?" (a leak) and "... capital of France?" vs "... capital of Peru?" (different
@@ -80,8 +84,8 @@ Known fail-closed cases (flagged although distinct): without answers to veto, qu
 that differ only in a template word ("3 plus 4" vs "3 times 4"), or a one-letter
 difference in a word the reference corpus does not know.
 
-Document frequencies come from the unique union of the compared files and the shipped
-instruction corpus (both pools + few-shot bank), so a sampled split gets exactly the
+Document frequencies come from the unique union of the compared files and the reference
+corpus (cai_lib.split passes the shipped one: both pools + few-shot bank), so a sampled split gets exactly the
 decisions its pools were split with, and a two-line file still knows "capital" is a
 template word. Candidates are found through inverted indexes on content words and on
 one-deletion variants (for typos), so 1,000 x 300 items take well under a second.
@@ -94,11 +98,7 @@ import re
 import unicodedata
 from collections import Counter, defaultdict
 from functools import lru_cache
-from pathlib import Path
 from typing import Iterable, Sequence
-
-from .errors import CaiError
-from .jsonl import read_json, read_jsonl, sha256_file, write_json
 
 METHOD = (
     "exact: equal after normalization (Unicode NFKC, invisible characters removed, homoglyphs "
@@ -536,7 +536,7 @@ def answers_overlap(a: frozenset, b: frozenset) -> bool:
     return False
 
 
-def _entries(items, source: str) -> list[dict]:
+def entries(items, source: str) -> list[dict]:
     """Uniform view of items (dicts with id/instruction/checks) or bare few-shot strings."""
     out = []
     for i, it in enumerate(items):
@@ -757,29 +757,20 @@ def _pair(e, o, kind, score, **extra) -> dict:
             "score": score, **extra, "eval_instruction": e["instruction"], "other_instruction": o["instruction"]}
 
 
-def find_leaks(train_items: Sequence, eval_items: Sequence, fewshot_instructions: Sequence = (),
-               reference: Sequence[str] | None = None) -> list[dict]:
+def find_leaks(train_items: Sequence, eval_items: Sequence, fewshot_instructions: Sequence = (), *,
+               reference: Sequence[str]) -> list[dict]:
     """Every eval item that duplicates or nearly duplicates a train item or a few-shot example.
 
     Items are dicts with `id`, `instruction` and (optionally) `checks`; few-shot examples may
     be plain strings (ids `fewshot-N`) or dicts. Template words and IDF come from the
-    unique union of these instructions and `reference` (default: the shipped corpus).
+    unique union of these instructions and the `reference` corpus (`()` for the inputs
+    alone; cai_lib.split passes the shipped instruction corpus).
     """
-    train = _entries(train_items, "train")
-    fewshot = _entries(fewshot_instructions, "fewshot")
-    evals = _entries(eval_items, "eval")
+    train = entries(train_items, "train")
+    fewshot = entries(fewshot_instructions, "fewshot")
+    evals = entries(eval_items, "eval")
     model = content_model([x["instruction"] for x in train + fewshot + evals], reference)
     return compare(evals, train + fewshot, model)
-
-
-@lru_cache(maxsize=1)
-def default_reference() -> tuple:
-    """The shipped instruction corpus (both pools + few-shot bank): the document
-    frequencies that decide template words. Using it for every check makes a sampled
-    split get exactly the decisions the pool-level split was built with."""
-    from .fewshot import all_fewshot_instructions
-    from .tasks import build_all
-    return tuple([it["instruction"] for it in build_all()] + list(all_fewshot_instructions()))
 
 
 @lru_cache(maxsize=4)
@@ -788,10 +779,10 @@ def _known_words(reference: tuple) -> frozenset:
     return frozenset(w for t in reference for pair in _analysis(str(t))[2] for w in pair)
 
 
-def content_model(instructions: Iterable[str], reference: Sequence[str] | None = None) -> ContentModel:
-    """ContentModel over the unique (normalized) union of `instructions` and the reference
-    corpus (default: the shipped pools and few-shot bank; pass () for the files alone)."""
-    ref = default_reference() if reference is None else tuple(reference)
+def content_model(instructions: Iterable[str], reference: Sequence[str]) -> ContentModel:
+    """ContentModel over the unique (normalized) union of `instructions` and the `reference`
+    corpus (pass () for the instructions alone)."""
+    ref = tuple(reference)
     uniq = {}
     for t in list(ref) + list(instructions):
         uniq.setdefault(normalize(t), t)
@@ -803,114 +794,3 @@ def thresholds() -> dict:
             "near_containment": NEAR_CONTAINMENT, "near_jaccard": NEAR_JACCARD,
             "fuzzy_min_len": FUZZY_MIN_LEN, "fuzzy_long_len": FUZZY_LONG_LEN,
             "frame_prefix_max_tokens": FRAME_PREFIX_MAX_TOKENS}
-
-
-def overlap_report(train_path, eval_path, leaks: list[dict], *, n_train: int | None = None,
-                   n_eval: int | None = None, n_fewshot: int | None = None) -> dict:
-    """The data/overlap_report.json contract: hashes of both files, method, thresholds, counts
-    and every flagged pair (`flagged`)."""
-    kinds = Counter(x["kind"] for x in leaks)
-    return {
-        "train_file": Path(train_path).name, "eval_file": Path(eval_path).name,
-        "train_sha256": sha256_file(train_path), "eval_sha256": sha256_file(eval_path),
-        "method": METHOD, "thresholds": thresholds(),
-        "counts": {"train": n_train, "eval": n_eval, "fewshot": n_fewshot, "flagged": len(leaks),
-                   "exact": kinds.get("exact", 0), "near": kinds.get("near", 0),
-                   "eval_items_flagged": len({x["eval_id"] for x in leaks})},
-        "clean": not leaks,
-        "n_flagged": len(leaks),
-        "flagged": leaks,  # every flagged pair (report.py and the 01 notebook read these keys)
-    }
-
-
-def find_split_leaks(train: list[dict], evals: list[dict]) -> tuple[list[dict], int]:
-    """(leaks, size of the few-shot bank): eval items checked against train and every few-shot example."""
-    from .fewshot import all_fewshot_instructions
-    fewshot = all_fewshot_instructions()
-    return find_leaks(train, evals, fewshot), len(fewshot)
-
-
-def _read_items(path, role: str) -> list[dict]:
-    """A train/eval JSONL file for `cai leakage`: non-empty, every instruction a non-blank string."""
-    lines: list[int] = []
-    rows = read_jsonl(path, required=("instruction",), line_numbers=lines)
-    if not rows:
-        raise CaiError(f"{path}: the {role} file holds no items — an empty {role} set cannot be checked "
-                       f"for leakage; pass the JSONL file with the {role} instructions")
-    for row, line in zip(rows, lines):
-        ins = row["instruction"]
-        if not isinstance(ins, str) or not ins.strip():
-            raise CaiError(f"{path}:{line}: field 'instruction' is {'blank' if isinstance(ins, str) else type(ins).__name__}"
-                           f" — every item needs the instruction text")
-    return rows
-
-
-def check_files(train_path, eval_path) -> tuple[list[dict], dict]:
-    """Read both files, find leaks (few-shot bank included) and build the report."""
-    train = _read_items(train_path, "train")
-    evals = _read_items(eval_path, "eval")
-    leaks, n_fewshot = find_split_leaks(train, evals)
-    return leaks, overlap_report(train_path, eval_path, leaks, n_train=len(train), n_eval=len(evals),
-                                 n_fewshot=n_fewshot)
-
-
-def verify_eval_set(run_paths) -> dict:
-    """Refuse evaluation unless stage 01's files and report agree and show no leak."""
-    rp = run_paths
-    fix = "run stage 01 (cai run --stages 01) or pass the train file"
-    if not Path(rp.train_instructions).exists():
-        raise CaiError(f"{rp.train_instructions}: train instructions missing, so the eval set cannot be checked for leakage — {fix}")
-    if not Path(rp.eval_instructions).exists():
-        raise CaiError(f"{rp.eval_instructions}: eval instructions missing — {fix}")
-    if not Path(rp.overlap_report).exists():
-        raise CaiError(f"{rp.overlap_report}: overlap report missing — {fix}")
-    report = read_json(rp.overlap_report)
-    for key, path in (("train_sha256", rp.train_instructions), ("eval_sha256", rp.eval_instructions)):
-        if report.get(key) != sha256_file(path):
-            raise CaiError(f"{rp.overlap_report}: {key} does not match {Path(path).name} (the file changed after the check) — {fix}")
-    if not report_is_clean(report):
-        n = report.get("n_flagged", len(report.get("flagged") or []))
-        raise CaiError(f"{rp.overlap_report}: the eval set leaks ({n} flagged pair(s)) — rebuild the split: {fix}", exit_code=2)
-    return report
-
-
-def report_is_clean(report: dict) -> bool:
-    """The one rule for "this overlap report shows no leak" (stage 03 refuses otherwise, the gate fails)."""
-    return report.get("clean") is True and not report.get("flagged") and not report.get("n_flagged")
-
-
-def _check_report_path(report, inputs) -> Path:
-    """`--report` must name a file we may write, not a folder or one of the inputs."""
-    path = Path(report)
-    if path.is_dir():
-        raise CaiError(f"{path}: --report is a folder — pass a file path such as {path / 'overlap_report.json'}")
-    if any(path.exists() and Path(p).exists() and path.resolve() == Path(p).resolve() for p in inputs):
-        raise CaiError(f"{path}: --report would overwrite an input file — pass another path")
-    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise CaiError(f"{path}: --report cannot be written ({parent} is a file, not a folder) — pass a writable path")
-    return path
-
-
-def _write_report(path: Path, rep: dict) -> None:
-    try:
-        write_json(path, rep)
-    except OSError as exc:
-        raise CaiError(f"{path}: cannot write the report ({exc.strerror or exc}) — pass a writable file path") from None
-
-
-def leakage_cli(train, eval, report=None) -> int:
-    """`cai leakage`: 0 clean, 2 leak (pairs printed), 1 unreadable input (CaiError)."""
-    import json
-    for p in (train, eval):
-        if not Path(p).is_file():
-            raise CaiError(f"{p}: file not found — pass the train and eval JSONL files", exit_code=1)
-    report_path = _check_report_path(report, (train, eval)) if report else None
-    leaks, rep = check_files(train, eval)
-    if report_path is not None:
-        _write_report(report_path, rep)
-    print(json.dumps({k: rep[k] for k in ("counts", "thresholds", "clean")}, indent=2))
-    for x in leaks[:20]:
-        print(f"LEAK {x['kind']} {x['eval_id']} ~ {x['other_id']} ({x['source']}, score {x['score']}): "
-              f"{x['eval_instruction']!r} ~ {x['other_instruction']!r}")
-    return 2 if leaks else 0

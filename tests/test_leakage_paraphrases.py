@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from cai_lib import leakage
-from cai_lib.leakage import answers_of, answers_overlap, find_leaks, fold, normalize
+from cai_lib import leakage, split
+from cai_lib.leakage import answers_of, answers_overlap, fold, normalize
+from cai_lib.split import find_leaks
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "leakage_paraphrases" / "cases.json").read_text("utf-8"))
 
@@ -150,6 +151,6 @@ def test_template_typo_is_dropped_but_real_words_are_not_typos():
     assert find_leaks(train, [item("e", "What is the captial of Peru?")])
     assert find_leaks(train, [item("e", "What is the captial of Chile?")]) == []
     # Words of the shipped corpus are never typos of each other.
-    model = leakage.content_model([])
+    model = leakage.content_model([], split.shipped_corpus())
     assert "slovakia" in model.known and "slovenia" in model.known
     assert not model.typo_match("slovakia", "slovenia") and model.typo_match("austrlia", "australia")

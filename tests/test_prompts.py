@@ -144,8 +144,8 @@ def test_baseline_prompt_uses_rng_only_for_few_shot():
 
 def test_frames_from_the_real_bank_build_and_contain_no_eval_instruction():
     fewshot = pytest.importorskip("cai_lib.fewshot")
-    tasks = pytest.importorskip("cai_lib.tasks")
-    eval_instr = {prompts.normalize(it["instruction"]) for it in tasks.eval_pool()}
+    split = pytest.importorskip("cai_lib.split")
+    eval_instr = {prompts.normalize(it["instruction"]) for it in split.eval_pool()}
     builders = {"response": lambda ex: prompts.response_frame("Say hi.", ex),
                 "critique": lambda ex: prompts.critique_frame("Say hi.", "Hi.", ex),
                 "revision": lambda ex: prompts.revision_frame("Say hi.", "Hi.", "Good.", ex)}
