@@ -415,20 +415,3 @@ def comparability_certificate(model, tokenizer, items: Sequence[dict], *, max_ne
         "disagree_limit": DISAGREE_LIMIT, "flagged": (n - identical) / n > DISAGREE_LIMIT,
         "mismatches": mismatches[:20],
     }
-
-
-def throughput(records: Sequence[dict]) -> dict:
-    """Generated tokens per second over a set of generate() records."""
-    toks = sum(r["new_tokens"] for r in records)
-    secs = sum(r["seconds"] for r in records)
-    return {"n": len(records), "new_tokens": toks, "seconds": secs,
-            "tokens_per_s": toks / secs if secs > 0 else float("nan")}
-
-
-def measure_throughput(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
-                       cache: str = "auto") -> dict:
-    """Run generate once and return throughput() plus the batch size and decoding info (for benchmarks)."""
-    info: dict = {}
-    recs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    progress=False, cache=cache, info=info)
-    return {"batch_size": batch_size, **throughput(recs), "decoding": info}

@@ -71,8 +71,6 @@ the leakage guard.
 from __future__ import annotations
 
 import math
-import random
-import re
 import time
 from collections import Counter, defaultdict
 from typing import Callable, Sequence
@@ -760,27 +758,3 @@ def pair_diagnostics(pairs: Sequence[dict], dropped: Sequence[dict], generation:
         "answer_skew": pair_skew(pairs, items, threshold=threshold) if items is not None else None,
         "skew_flagged": bool(items is not None and pair_skew(pairs, items, threshold=threshold)["flagged"]),
     }
-
-
-def example_pairs(pairs: Sequence[dict], n: int = 3, seed: int = 0) -> list[dict]:
-    """A few pairs for the notebook, spread over types (seeded, reproducible)."""
-    by_type = defaultdict(list)
-    for p in pairs:
-        by_type[p["type"]].append(p)
-    rng = random.Random(seed)
-    pools = {t: rng.sample(v, len(v)) for t, v in sorted(by_type.items())}
-    out = []
-    while len(out) < n and any(pools.values()):
-        for t in sorted(pools):
-            if pools[t] and len(out) < n:
-                p = pools[t].pop()
-                out.append({k: p.get(k) for k in ("item_id", "type", "strategy", "prompt", "chosen", "rejected",
-                                                  "critique", "length_only") if k in p})
-    return out
-
-
-def used_fewshot_ids(paths) -> set[str]:
-    """Ids of every few-shot example used by this run's generations (for the leakage guard)."""
-    if not paths.generations.exists():
-        return set()
-    return {i for row in read_jsonl(paths.generations, tolerate_torn_tail=True) for i in row.get("fewshot_ids", [])}
