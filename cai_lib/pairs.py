@@ -80,6 +80,7 @@ from .errors import CaiError
 from .diagnostics import answer_class, pair_skew, rebalance_pairs, truth_class
 from .jsonl import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
 from .scoring import is_empty, score_record, word_count
+from .text import plain_key
 
 STRATEGIES = ("format_distillation", "critique_revision", "self_consistency")
 # Steps are named by what they generate, not by strategy, so both strategies share the
@@ -128,7 +129,7 @@ def length_only_kind(chosen: str, rejected: str) -> str | None:
     + more words). A high share of trims in critique_revision means the "revision" only
     shortens (the replaced system "improved" answers by shortening them).
     """
-    c, r = prompts.normalize(chosen), prompts.normalize(rejected)
+    c, r = plain_key(chosen), plain_key(rejected)
     if not c or not r:
         return None
     if c == r:
@@ -336,7 +337,7 @@ def answer_key(item: dict, text: str) -> str:
     tc = truth_class(item)
     if tc is not None:
         return f"{tc[0]}:{answer_class(tc[0], text)}"
-    return "text:" + prompts.normalize(text)
+    return "text:" + plain_key(text)
 
 
 def _verified(c: dict) -> bool:

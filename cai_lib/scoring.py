@@ -58,6 +58,7 @@ try:  # re's own parser, to vet a pattern's structure the way re reads it
 except ImportError:  # Python 3.10
     import sre_parse as _re_parser  # type: ignore[no-redef]
 from .jsonl import read_jsonl, write_jsonl
+from .text import TENS, UNITS, ascii_forms
 
 # kind -> the parameter it needs. Kept as data so validation and docs cannot drift.
 CHECK_KINDS: dict[str, str] = {
@@ -94,12 +95,8 @@ _PROMPT_MARKERS = ("q", "question", "instruction", "human", "user")
 # A number between marker and colon ("Question 2:", "Q3:") still opens a new prompt.
 _PROMPT_RE = re.compile(r"(?:%s)\s*\d*\s*:" % "|".join(_PROMPT_MARKERS), re.IGNORECASE)
 
-_NUMBER_WORDS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
-    "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
-    "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17,
-    "eighteen": 18, "nineteen": 19, "twenty": 20,
-}
+# Spelled numbers the scorer reads: zero..twenty (from the one table in cai_lib.text).
+_NUMBER_WORDS = {**{w: i for i, w in enumerate(UNITS)}, TENS[0]: 20}
 # Digits: 1,000 groups, decimals, a leading minus that is not a range dash ("3-5").
 # Number words must not be part of a hyphenated compound: "twenty-one" is not 1.
 _NUMBER_RE = re.compile(
@@ -115,15 +112,7 @@ _TERMINATOR_RE = re.compile(r"[.!?]+[\"')\]\u00bb]*(?=\s|$)")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "e.g", "i.e", "cf"}
 _INITIALS_RE = re.compile(r"(?:[a-z]\.)*[a-z]")
 
-_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2212": "-"})
-
-
 # --------------------------------------------------------------------------- text helpers
-
-def _norm(text: str) -> str:
-    """Curly quotes and the Unicode minus read as their ASCII forms; CRLF as LF."""
-    return text.translate(_QUOTES).replace("\r\n", "\n").replace("\r", "\n")
-
 
 def _is_word(token: str) -> bool:
     return any(ch.isalnum() for ch in token)
@@ -131,7 +120,7 @@ def _is_word(token: str) -> bool:
 
 def words(text: str) -> list[str]:
     """Whitespace-separated tokens holding a letter or a digit (the design's *word*)."""
-    return [t for t in _norm(text).split() if _is_word(t)]
+    return [t for t in ascii_forms(text).split() if _is_word(t)]
 
 
 def word_count(text: str) -> int:
@@ -152,7 +141,7 @@ def _phrase_re(value: str) -> re.Pattern:
     continue as a longer number ("3" is not in "3.5" or "3,000"), and one starting with
     a digit must not be the tail of one ("5" is not in "1.5").
     """
-    parts = [re.escape(p) for p in _norm(value).strip().split()]
+    parts = [re.escape(p) for p in ascii_forms(value).strip().split()]
     body = r"\s+".join(parts)
     left = r"(?<!\w)"
     right = r"(?!\w)"
@@ -164,7 +153,7 @@ def _phrase_re(value: str) -> re.Pattern:
 
 
 def contains_phrase(text: str, value: str) -> bool:
-    return _phrase_re(value).search(_norm(text)) is not None
+    return _phrase_re(value).search(ascii_forms(text)) is not None
 
 
 def count_sentences(text: str) -> int:
@@ -176,7 +165,7 @@ def count_sentences(text: str) -> int:
     (unfinished) sentence, so "Cats purr. They" cannot pass a one-sentence check while
     a single sentence missing its final period still counts as one.
     """
-    text = _norm(text)
+    text = ascii_forms(text)
     n = 0
     start = 0
     for m in _TERMINATOR_RE.finditer(text):
@@ -218,7 +207,7 @@ def count_items(text: str) -> int:
     remaining line is split on commas and a final "and"/"or"; if that gives a single item
     and more lines follow, each non-blank line is an item (a plain one-per-line list).
     """
-    lines = [ln for ln in _norm(text).split("\n") if ln.strip()]
+    lines = [ln for ln in ascii_forms(text).split("\n") if ln.strip()]
     marked = [ln for ln in lines if _BULLET_RE.match(ln)]
     if marked:
         return len(marked)
@@ -240,20 +229,20 @@ def _number_value(m: re.Match) -> float:
 def last_number(text: str) -> float | None:
     """The last number in the text: digits (-3, 1,000, 2.5) or a word zero..twenty."""
     found = None
-    for m in _NUMBER_RE.finditer(_norm(text)):
+    for m in _NUMBER_RE.finditer(ascii_forms(text)):
         found = m
     return None if found is None else _number_value(found)
 
 
 def first_yes_no(text: str) -> str | None:
-    m = _YES_NO_RE.search(_norm(text))
+    m = _YES_NO_RE.search(ascii_forms(text))
     return m.group(1).lower() if m else None
 
 
 # --------------------------------------------------------------------------- detectors
 
 def _normalize_ws(text: str) -> str:
-    return " ".join(_norm(text).split()).lower()
+    return " ".join(ascii_forms(text).split()).lower()
 
 
 def is_empty(response: str) -> bool:
@@ -285,7 +274,7 @@ def is_continuation_line(line: str, instruction: str) -> bool:
 
 def has_continuation(response: str, instruction: str) -> bool:
     """A line after the first one (the first continues the prompt's own line) opens a new prompt."""
-    lines = _norm(response).split("\n")
+    lines = ascii_forms(response).split("\n")
     return any(is_continuation_line(ln, instruction) for ln in lines[1:])
 
 
@@ -307,7 +296,7 @@ def loose_cut(response: str, instruction: str) -> str:
     Leading whitespace is dropped first: a base model often opens with a newline after
     the prompt, and that is not where its answer ends.
     """
-    lines = _norm(response).lstrip().split("\n")
+    lines = ascii_forms(response).lstrip().split("\n")
     kept = [lines[0]]
     for ln in lines[1:]:
         if not ln.strip() or is_continuation_line(ln, instruction):

@@ -16,13 +16,9 @@ import hashlib
 from . import facts as F
 from .errors import CaiError
 from .items import VALID_TYPES
+from .text import number_words
 
 TYPES = VALID_TYPES  # the item schema's types, in the order the rotation uses
-
-_NUM_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-              "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-              "nineteen", "twenty"]
-_TENS = {2: "twenty", 3: "thirty", 4: "forty", 5: "fifty", 6: "sixty", 7: "seventy", 8: "eighty", 9: "ninety"}
 
 
 def _rotated(topic: str, k: int, stride: int = 1) -> str:
@@ -49,24 +45,11 @@ def _pick(options, *key):
     return options[_h(*key) % len(options)]
 
 
-def _number_words(n: int) -> list[str]:
-    if n <= 20:
-        return [_NUM_WORDS[n]]
-    if n < 100:
-        t, u = divmod(n, 10)
-        return [_TENS[t]] if u == 0 else [f"{_TENS[t]}-{_NUM_WORDS[u]}", f"{_TENS[t]} {_NUM_WORDS[u]}"]
-    if n == 100:
-        return ["one hundred", "a hundred"]
-    if n == 1000:
-        return ["one thousand", "a thousand"]
-    return []
-
-
 def number_check(n: int) -> dict:
     """`number` where the scorer reads words (<= 20); beyond that digits or spelled-out words."""
     if n <= 20:
         return {"kind": "number", "value": n}
-    return {"kind": "contains_any", "values": [str(n)] + _number_words(n)}
+    return {"kind": "contains_any", "values": [str(n)] + number_words(n)}
 
 
 def _any(values) -> dict:

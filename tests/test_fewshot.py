@@ -6,7 +6,7 @@ import pytest
 
 from cai_lib import fewshot, prompts, split
 from cai_lib.errors import CaiError
-from cai_lib.leakage import normalize
+from cai_lib.text import normalize
 
 
 def test_bank_has_8_per_type_and_step_with_fields():

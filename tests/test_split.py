@@ -10,7 +10,7 @@ from cai_lib.config import RunConfig
 from cai_lib.errors import CaiError
 from cai_lib.fewshot import fewshot_topics
 from cai_lib.items import load_items, sample_items
-from cai_lib.leakage import normalize
+from cai_lib.text import normalize
 from cai_lib.runs import run_paths
 from cai_lib.split import verify_eval_set
 
