@@ -13,7 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from .errors import CaiError
-from .scoring import read_records, validate_checks
+from .checks import validate_checks
+from .scoring import read_records
 
 VALID_TYPES: tuple[str, ...] = ("qa", "completion", "generation", "response")
 

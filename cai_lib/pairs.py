@@ -79,7 +79,8 @@ from . import prompts
 from .errors import CaiError
 from .diagnostics import answer_class, pair_skew, rebalance_pairs, truth_class
 from .jsonl import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
-from .scoring import is_empty, score_record, word_count
+from .checks import word_count
+from .scoring import is_empty, score_record
 from .text import plain_key
 
 STRATEGIES = ("format_distillation", "critique_revision", "self_consistency")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cai_lib import scoring, split, tasks
+from cai_lib import checks, scoring, split, tasks
 from cai_lib.errors import CaiError
 from cai_lib.items import validate_item
 
@@ -45,11 +45,11 @@ def test_every_item_validates_and_has_a_passing_answer(pools):
 def test_checks_reject_wrong_answers():
     items = {it["instruction"]: it for it in split.train_pool() + split.eval_pool()}
     capital = next(it for ins, it in items.items() if "capital of France" in ins)
-    assert not scoring.check_passes(capital["checks"][0], "The capital of France is Lyon.")
-    assert scoring.check_passes(capital["checks"][0], "It is Paris.")
+    assert not checks.check_passes(capital["checks"][0], "The capital of France is Lyon.")
+    assert checks.check_passes(capital["checks"][0], "It is Paris.")
     arith = next(it for it in items.values() if it["source"] == "arithmetic" and it["checks"][0]["kind"] == "number")
     wrong = arith["checks"][0]["value"] + 1
-    assert not scoring.check_passes(arith["checks"][0], f"The answer is {wrong}.")
+    assert not checks.check_passes(arith["checks"][0], f"The answer is {wrong}.")
 
 
 def test_duplicate_fact_is_a_one_line_error(monkeypatch):
