@@ -4,6 +4,7 @@ Three notions, each for its own question, all defined here:
 
 * `ascii_forms` — curly quotes and the Unicode minus as ASCII, CRLF as LF: what the scorer
   reads responses through (punctuation and case kept: checks judge the surface).
+* `squash_spaces` — whitespace runs as one space: "identical" for preference pairs.
 * `plain_key` — lower case, punctuation to spaces, whitespace collapsed: "same words" for
   pair building and few-shot matching (cheap; no Unicode folding).
 * `fold` / `tokens` / `normalize` — the leakage detector's canonical text: NFKC, invisible
@@ -28,6 +29,11 @@ _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": 
 def ascii_forms(text: str) -> str:
     """Curly quotes and the Unicode minus read as their ASCII forms; CRLF as LF."""
     return text.translate(_QUOTES).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def squash_spaces(text: str) -> str:
+    """Runs of whitespace as one space, ends trimmed ("identical" pair texts)."""
+    return " ".join(text.split())
 
 
 def plain_key(s: str) -> str:

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cai_lib import pairs, prompts
+from cai_lib import pair_generation, pairs, prompts
 from cai_lib.config import RunConfig
 from cai_lib.errors import CaiError
 from cai_lib.jsonl import read_json, read_jsonl
@@ -482,7 +482,7 @@ def test_self_consistency_vote_chooses_the_verified_majority(tmp_path):
     assert all(len(c["prompts"]) == 1 for c in sampler.calls)  # gen_batch_size 2 // k 4 -> 1 prompt per call
     first = sampler.calls[0]
     ids = [next(it["id"] for it in ITEMS if it["instruction"] == _instruction_and_step(first["prompts"][0])[0])]
-    assert first["seed"] == pairs._slice_seed(0, ids)
+    assert first["seed"] == pair_generation.slice_seed(0, ids)
 
 
 def test_vote_tie_goes_to_the_greedy_group_and_is_deterministic():
@@ -490,7 +490,7 @@ def test_vote_tie_goes_to_the_greedy_group_and_is_deterministic():
 
     def c(i, text):
         return {"source": "greedy" if i == 0 else f"sample{i - 1}", "index": i, "text": text, "fr": "stop",
-                "score": pairs._score(it, text, "stop")}
+                "score": pair_generation.score_answer(it, text, "stop")}
 
     cands = [c(0, "blue."), c(1, "bright blue."), c(2, "bright blue."), c(3, "blue."), c(4, "red.")]
     v = pairs.vote(it, cands)
