@@ -149,6 +149,7 @@ def _make_run(path, model_dir, precompute=False):
     return path
 
 
+@pytest.mark.slow  # two accelerate-launched processes: mostly torch/TRL imports, ~25 s
 def test_ddp_training_on_two_processes_matches_one_device(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 

@@ -9,7 +9,10 @@ subpackages (cai_lib/<pkg>/...) as well as top-level modules.
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "cai_lib"
 
@@ -120,6 +123,13 @@ def _cycle_in(group: list[str], graph: dict[str, set[str]]) -> list[str]:
                     nxt.append(w)
         frontier = nxt
     raise AssertionError(f"no cycle through {start} in {group}")  # Tarjan guarantees one
+
+
+@pytest.mark.parametrize("name", sorted(module_files()))
+def test_every_module_imports(name):
+    """Every module loads (the notebook-only ones too, e.g. views), so `make test-fast`,
+    which skips the notebook pipeline, still executes every module's top level."""
+    importlib.import_module(name)
 
 
 def test_cai_lib_import_graph_has_no_cycles():
