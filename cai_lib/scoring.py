@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 from .checks import bare_word, failed_checks, timeout_note, validate_checks, word_count, words
 from .errors import CaiError
 from .jsonl import read_jsonl, write_jsonl
-from .text import ascii_forms
+from .text import ascii_forms, squash_spaces
 
 DETECTORS: tuple[str, ...] = ("empty", "echo", "continuation")
 FINISH_REASONS: tuple[str, ...] = ("eos", "length", "stop")
@@ -47,8 +47,9 @@ _PROMPT_RE = re.compile(r"(?:%s)\s*\d*\s*:" % "|".join(_PROMPT_MARKERS), re.IGNO
 
 # --------------------------------------------------------------------------- detectors
 
-def _normalize_ws(text: str) -> str:
-    return " ".join(ascii_forms(text).split()).lower()
+def _echo_key(text: str) -> str:
+    """What `echo` compares: the scorer's ASCII forms, whitespace squashed, lower case."""
+    return squash_spaces(ascii_forms(text)).lower()
 
 
 def is_empty(response: str) -> bool:
@@ -57,8 +58,8 @@ def is_empty(response: str) -> bool:
 
 def is_echo(response: str, instruction: str) -> bool:
     """The response contains the whole (whitespace-normalized) instruction."""
-    needle = _normalize_ws(instruction)
-    return bool(needle) and needle in _normalize_ws(response)
+    needle = _echo_key(instruction)
+    return bool(needle) and needle in _echo_key(response)
 
 
 def is_continuation_line(line: str, instruction: str) -> bool:
