@@ -415,3 +415,11 @@ def comparability_certificate(model, tokenizer, items: Sequence[dict], *, max_ne
         "disagree_limit": DISAGREE_LIMIT, "flagged": (n - identical) / n > DISAGREE_LIMIT,
         "mismatches": mismatches[:20],
     }
+
+
+def throughput(records: Sequence[dict]) -> dict:
+    """Generated tokens per second over a set of generate() records."""
+    toks = sum(r["new_tokens"] for r in records)
+    secs = sum(r["seconds"] for r in records)
+    return {"n": len(records), "new_tokens": toks, "seconds": secs,
+            "tokens_per_s": toks / secs if secs > 0 else float("nan")}

@@ -197,6 +197,13 @@ def test_bad_arguments(lm, tok):
         gen.generate(lm, tok, ["x"], max_new_tokens=2, batch_size=0, progress=False)
 
 
+def test_throughput_helper(lm, tok):
+    recs = gen.generate(lm, tok, PROMPTS, max_new_tokens=4, batch_size=5, progress=False)
+    t = gen.throughput(recs)
+    assert t["new_tokens"] == sum(r["new_tokens"] for r in recs)
+    assert t["tokens_per_s"] == pytest.approx(t["new_tokens"] / t["seconds"])
+
+
 def test_greedy_even_when_model_config_says_sample(lm, tok):
     """Hub checkpoints often ship do_sample=True (Gemma 3: top_k=64, top_p=0.95); evaluation must stay greedy."""
     ref = gen.generate(lm, tok, PROMPTS, max_new_tokens=6, batch_size=5, progress=False)
