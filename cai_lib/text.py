@@ -1,6 +1,6 @@
 """Text normalisation, in one place: the forms under which two texts count as the same.
 
-Three notions, each for its own question, all defined here:
+Four notions, each for its own question, all defined here:
 
 * `ascii_forms` — curly quotes and the Unicode minus as ASCII, CRLF as LF: what the scorer
   reads responses through (punctuation and case kept: checks judge the surface).
