@@ -247,7 +247,8 @@ GEN_KINDS = ("00", "response", "critique", "revision")
 
 def run_gen(cfg, args, progress=lambda out: None) -> dict:
     """`progress(out)` is called after each measurement (the caller saves: a cut call keeps them)."""
-    from cai_lib import models, prompts, tasks
+    from cai_lib import models, prompts, split
+    from cai_lib.items import sample_items
 
     kinds = [k.strip() for k in args.gen_kinds.split(",") if k.strip()]
     bad = [k for k in kinds if k not in GEN_KINDS]
@@ -266,7 +267,7 @@ def run_gen(cfg, args, progress=lambda out: None) -> dict:
                                                 desc="00")
         out["00_baseline"]["n_prompts_full"] = len(stage00_prompts(cfg)) + 6  # + the guard's 6 sentinels
         progress(out)
-    items = tasks.sample_items(tasks.train_pool(), max(n, 1), cfg.seed)[:n]
+    items = sample_items(split.train_pool(), max(n, 1), cfg.seed)[:n]
     frames = stage01_prompts(cfg, tok, items)
     for step, texts in frames.items():
         if step not in kinds:
@@ -290,9 +291,10 @@ def run_gen(cfg, args, progress=lambda out: None) -> dict:
 
 def _synthetic_pairs(cfg, tok, n: int) -> list[dict]:
     """n pairs of real train instructions with chosen/rejected of data_max_new_tokens tokens."""
-    from cai_lib import tasks
+    from cai_lib import split
+    from cai_lib.items import sample_items
 
-    items = tasks.sample_items(tasks.train_pool(), n, cfg.seed)
+    items = sample_items(split.train_pool(), n, cfg.seed)
     while len(items) < n:
         items = items + items
     return [{"prompt": it["instruction"], "chosen": _text_of_tokens(tok, cfg.data_max_new_tokens - 1, 7 * k),
@@ -373,7 +375,8 @@ def oom_search_training(cfg, loaded, root: Path, args, on_try=lambda partial: No
 
 
 def run_eval(cfg, args, run_dir: Path, progress=lambda out: None) -> dict:
-    from cai_lib import evaluate, tasks
+    from cai_lib import evaluate, split
+    from cai_lib.items import sample_items
     from cai_lib.runs import run_paths
 
     paths = run_paths(run_dir)
@@ -382,7 +385,7 @@ def run_eval(cfg, args, run_dir: Path, progress=lambda out: None) -> dict:
     out = {"load": {**pk.record(), "backend": loaded.backend}}
     tok = loaded.tokenizer
     n = cfg.gen_batch_size * args.gen_batches
-    items = tasks.sample_items(tasks.eval_pool(), n, cfg.seed)[:n]
+    items = sample_items(split.eval_pool(), n, cfg.seed)[:n]
     with Peak() as pk:  # stage 03's three arms: base raw, trained raw, base few-shot (the longest prompts)
         base, _fewshot, trained, timing = evaluate.generate_three(model, tok, items, cfg, progress=False)
     n_batches = math.ceil(len(items) / cfg.gen_batch_size)

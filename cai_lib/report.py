@@ -206,7 +206,7 @@ def build_report(run_dir, cfg, *, write: bool = True) -> dict:
     the figures without rewriting them)."""
     from . import manifest
     from .gate import gate_verdict
-    from .leakage import report_is_clean
+    from .split import report_is_clean
     from .runs import run_paths
     from .spot_check import spot_check_agreement, write_spot_check
     from .stats import stats_records
