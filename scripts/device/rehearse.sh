@@ -2,32 +2,24 @@
 # Run THERE (device machine), from the repo root: the gpu-32b dress rehearsal (issue 14) on a
 # random-weight Qwen2.5-32B-shaped model, pre-quantized nf4, under an 80 GB cap on one GPU.
 #
-# Call plan (the device tool's `run`, one line each; a call may run 10 minutes; the machine stays
-# warm between calls, and /tmp survives only while it does: a fresh machine needs calls 1-2 again).
-# Estimated command time from cai_lib.preflight and the 7B figures; none of it measured yet.
+# Ran 2026-12-03 on a fresh nvidia-h200 (results: benchmarks/results/rehearse_32b_h200/, table in
+# reports/benchmarks.md). Measured command times, in the order that fits one session's 30 minutes:
 #
-#   1. carry [".whl/g1"]  bash scripts/device/setup.sh .whl/g1 && bash scripts/device/rehearse.sh build
-#        installs bitsandbytes/trl/datasets; builds /tmp/shape/qwen32b (~19 GB nf4; est. 3-5 min)
-#   2. (none)             bash scripts/device/rehearse.sh gen
-#        stage 00 + stage 01 response/critique/revision, one batch of 32 each + one batch-1 row (est. 5-7 min)
-#   3. carry [".whl/g2"]  bash scripts/device/setup.sh .whl/g2 && bash scripts/device/rehearse.sh dpo
-#        3 optimizer steps (4 x 4 pairs each), Unsloth 4-bit with compilation; saves the adapter (est. 4-6 min)
-#   4. (none)             bash scripts/device/rehearse.sh eval
-#        base + trained (adapter toggled) at batch 32 x 128 tokens, one batch-1 row (est. 3-5 min)
-#   5. (none)             bash scripts/device/rehearse.sh dpo-bnb
-#        the same 3 steps with transformers + bitsandbytes (prepare_model_for_kbit_training) (est. 4 min)
-#   6. (none)             bash scripts/device/rehearse.sh oom-gen      # revision frames, batch 32, 64, 128, ... to OOM
-#   7. (none)             bash scripts/device/rehearse.sh oom-dpo      # per_device_batch_size 4, 8, 16, ... to OOM
-#   8. (none)             bash scripts/device/rehearse.sh oom-eval     # eval prompts, batch 32, 64, ... to OOM
-#
-# Each phase writes $OUT/rehearse_<phase>.json (+ .log); the JSON holds peaks, s per batch/step,
-# the OOM search, extrapolated hours and cai_lib.preflight's estimate next to each measurement.
-# Merge: the `table` field of each JSON is the rows for reports/benchmarks.md.
-# Calls 6-8 re-measure their stage's sample before the search (one code path, a few minutes more).
-# Minimum useful subset when device time is short (~7 min of device time in one call):
-#   carry [".whl/g1"]  bash scripts/device/setup.sh .whl/g1 && bash scripts/device/rehearse.sh build quick
-#        quick = the package loads the 4-bit folder, then one batch of 32 revision frames (the longest
-#        prompts of the run) x 128 tokens: weights and the largest generation peak under the 80 GB cap.
+#   1. carry [".whl/g1"]  bash scripts/device/setup.sh .whl/g1 && bash scripts/device/rehearse.sh build oom-gen
+#        build 32 s (+ 23 s writing 17.9 GB); load 21 s; stage 00 + 01 samples, batch-1 row, revision-frame
+#        OOM search 32..256: 423 s in all
+#   2. carry [".whl/g2"]  bash scripts/device/setup.sh .whl/g2 && bash scripts/device/rehearse.sh dpo
+#        Unsloth 4-bit with compilation, 3 steps of 4 x 4 pairs: 208 s
+#   3. (none)             bash scripts/device/rehearse.sh dpo-bnb          # transformers + bnb: 146 s
+#   4. (none)             python3 benchmarks/rehearse.py ... --stages eval --run-dir $RUN/run-bnb --oom-search
+#        stage 03 (three arms now; two then) + batch-1 row + OOM search 32..512: 378 s
+#   5. (none)             bash scripts/device/rehearse.sh oom-dpo          # per_device_batch_size 4, 8, 16, ...
+#        with --set backend=transformers it reached 16 in 330 s before the call limit cut 32 (searches
+#        now save after every size); give it a call of its own
+# Then, here: python3 benchmarks/rehearse.py --merge <the call JSONs> --json rehearse_32b_merged.json
+# Each phase writes $OUT/rehearse_<phase>.json (+ .log): peaks, s per batch/step, the OOM search,
+# extrapolated hours and cai_lib.preflight's estimate next to each measurement.
+# Minimum useful subset (~7 min): call 1 alone ("build quick" for weights + the longest prompts).
 set -o pipefail
 source scripts/device/env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
