@@ -8,7 +8,8 @@ builds the trainer and runs it.
 Backends: "unsloth" (CUDA: Unsloth FastLanguageModel 4-bit QLoRA, adapter via
 `FastLanguageModel.get_peft_model`), "transformers+bnb4"/"transformers+bnb8" (CUDA:
 bitsandbytes base, `prepare_model_for_kbit_training`, adapter via TRL's `peft_config`),
-"transformers" (CPU fp32, CUDA bf16). The reference model is always the policy itself
+"transformers" (CPU fp32, CUDA bf16) — chosen by `models.pick_backend`, the one backend
+decision for loading and training. The reference model is always the policy itself
 with the adapter off: one copy of the base weights.
 """
 
@@ -20,65 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import TRAIN_FIELDS, identity_record, prepare_checkpoints, save_adapter
-from .constants import BACKENDS, QUANTIZATIONS
 from .distributed import init_distributed
 from .errors import CaiError
 from .jsonl import sha256_file, write_json
+from .models import cuda_available, pick_backend
 from .pair_tokens import completion_text, load_pairs, prepare_pairs  # noqa: F401  (completion_text: pairs.py imports it from here)
 from .runs import run_paths
 from .train_log import make_log_callback, peak_memory, previous_log, reporting_args, training_versions, use_text_step_bar
 
 
 # ---------------------------------------------------------------------------------------
-# backend
+# model
 # ---------------------------------------------------------------------------------------
-
-def _cuda_available() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-
-def _unsloth_importable() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("unsloth") is not None
-
-
-def pick_training_backend(requested: str = "auto", quantization: str = "none", *, loaded_backend: str | None = None,
-                          cuda: bool | None = None, unsloth: bool | None = None) -> str:
-    """The backend for this machine: unsloth | transformers+bnb4 | transformers+bnb8 | transformers.
-
-    `loaded_backend` is what `models.load_base` used (a model loaded by Unsloth trains
-    with Unsloth). Impossible requests (unsloth or 4/8-bit without CUDA, unknown names)
-    are CaiErrors."""
-    if requested not in BACKENDS:
-        raise CaiError(f"backend={requested!r} is not one of {list(BACKENDS)} — fix `backend` in the profile")
-    if quantization not in QUANTIZATIONS:
-        raise CaiError(f"quantization={quantization!r} is not one of {list(QUANTIZATIONS)} — fix `quantization` in the profile")
-    cuda = _cuda_available() if cuda is None else cuda
-    if quantization != "none" and not cuda:
-        raise CaiError(f"quantization={quantization} needs a CUDA GPU (bitsandbytes) and this machine has none — set quantization: none for CPU")
-    if requested == "unsloth":
-        if not cuda:
-            raise CaiError("backend=unsloth needs a CUDA GPU and this machine has none — set backend: auto or transformers")
-        unsloth = _unsloth_importable() if unsloth is None else unsloth
-        if not unsloth:
-            raise CaiError("backend=unsloth but the unsloth package is not installed — install the GPU extras or set backend: transformers")
-    if loaded_backend is not None and requested == "unsloth" and loaded_backend != "unsloth":
-        raise CaiError(f"backend=unsloth but the model was loaded with backend {loaded_backend!r} — load it with models.load_base(..., backend='unsloth')")
-    if loaded_backend == "unsloth" or (loaded_backend is None and requested == "unsloth"):
-        if not cuda:
-            raise CaiError("the model was loaded with Unsloth but there is no CUDA GPU — set backend: transformers")
-        return "unsloth"
-    if requested == "auto" and loaded_backend is None and cuda and quantization == "4bit":
-        unsloth = _unsloth_importable() if unsloth is None else unsloth
-        if unsloth:
-            return "unsloth"
-    if quantization == "4bit":
-        return "transformers+bnb4"
-    if quantization == "8bit":
-        return "transformers+bnb8"
-    return "transformers"
-
 
 def _model_quantization(model) -> str:
     if getattr(model, "is_loaded_in_4bit", False):
@@ -191,12 +145,16 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
     pairs_sha = sha256_file(pairs_path)
     if not 0 <= cfg.warmup_ratio < 1:
         raise CaiError(f"warmup_ratio={cfg.warmup_ratio} must be in [0, 1) — fix it in the profile")
-    pick_training_backend(cfg.backend, cfg.quantization)  # the requested setup must fit this machine
-    quant = _model_quantization(loaded.model)
-    backend = pick_training_backend(cfg.backend, quant, loaded_backend=getattr(loaded, "backend", None))
+    info = init_distributed()
+    loaded_backend = getattr(loaded, "backend", None)
+    # The requested setup must fit this machine; then the model in hand decides (a folder
+    # saved quantized loads quantized whatever `quantization` says).
+    pick_backend(cfg.backend, "train", cfg.quantization, info.world, loaded_backend=loaded_backend)
+    backend = pick_backend(cfg.backend, "train", _model_quantization(loaded.model), info.world,
+                           loaded_backend=loaded_backend)
     records, counts = prepare_pairs(loaded.tokenizer, rows, cfg, source=str(pairs_path))
 
-    is_main = init_distributed().is_main
+    is_main = info.is_main
     record = identity_record(loaded, cfg, pairs_sha)
     resume_from = prepare_checkpoints(paths.checkpoints, record, resume)
     log = previous_log(paths.training_log, resume_from is not None)
@@ -263,7 +221,7 @@ def _run_trainer(run: TrainSession, records: list[dict], *, progress: bool, call
     loaded, log = run.loaded, run.log
     dataset = Dataset.from_list(records)
     model, peft_config = _prepare_model(loaded, run.backend, run.cfg)
-    cuda = _cuda_available()
+    cuda = cuda_available()
     args = _dpo_config(run, cuda=cuda, progress=progress)
     log_cb = make_log_callback(run.paths.training_log, log, run.session)
     if cuda:

@@ -72,27 +72,6 @@ def probe_logits(model, tok):
         return model(input_ids=torch.tensor([ids])).logits.float()
 
 
-# ---------------------------------------------------------------------------------------
-# backend
-# ---------------------------------------------------------------------------------------
-
-def test_backend_follows_the_machine():
-    assert train.pick_training_backend("auto", "none", cuda=False) == "transformers"
-    assert train.pick_training_backend("transformers", "none", cuda=False) == "transformers"
-    assert train.pick_training_backend("auto", "4bit", cuda=True, unsloth=True) == "unsloth"
-    assert train.pick_training_backend("auto", "4bit", cuda=True, unsloth=False) == "transformers+bnb4"
-    assert train.pick_training_backend("transformers", "4bit", cuda=True, unsloth=True, loaded_backend="transformers") == "transformers+bnb4"
-    assert train.pick_training_backend("auto", "4bit", cuda=True, loaded_backend="unsloth") == "unsloth"
-    with pytest.raises(CaiError, match="unsloth needs a CUDA GPU"):
-        train.pick_training_backend("unsloth", "none", cuda=False)
-    with pytest.raises(CaiError, match="needs a CUDA GPU"):
-        train.pick_training_backend("auto", "4bit", cuda=False)
-    with pytest.raises(CaiError, match="not one of"):
-        train.pick_training_backend("deepspeed", "none", cuda=False)
-    with pytest.raises(CaiError, match="not installed"):
-        train.pick_training_backend("unsloth", "4bit", cuda=True, unsloth=False)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_4bit_or_unsloth_on_cpu_refused_before_anything_is_written(tiny_model_dir, run_dir):
     loaded = load_dir(tiny_model_dir)
