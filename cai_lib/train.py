@@ -123,13 +123,21 @@ class TrainSession:
     record: dict
     counts: dict
     resume_from: Path | None
-    log: dict
+    log: dict  # results/training_log.json as written: steps, sessions, log_history, summary
     session: dict
+    summary: dict | None = None  # set when the trainer returns (train_dpo's result)
 
 
 def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress: bool = True,
               callbacks=()) -> dict:
-    """Train a LoRA adapter with DPO on `pairs_path`; returns the run summary.
+    """Train a LoRA adapter with DPO on `pairs_path`; returns the run summary (`run_dpo`'s)."""
+    return run_dpo(loaded, pairs_path, run_dir, cfg, resume=resume, progress=progress, callbacks=callbacks).summary
+
+
+def run_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress: bool = True,
+            callbacks=()) -> TrainSession:
+    """Train a LoRA adapter with DPO on `pairs_path`; returns the session: its summary and
+    the training log it wrote (stage 02 shows both without reading them back).
 
     `loaded`: a `models.Loaded` (model, tokenizer, backend, spec, resolved_path, info).
     Writes `<run>/checkpoints/`, `<run>/results/training_log.json` and `<run>/adapter/`
@@ -163,7 +171,8 @@ def train_dpo(loaded, pairs_path, run_dir, cfg, *, resume: bool = True, progress
                        session={"index": len(log["sessions"]), "identity_record": record})
     if is_main:
         _announce(run)
-    return _run_trainer(run, records, progress=progress, callbacks=callbacks, is_main=is_main)
+    run.summary = _run_trainer(run, records, progress=progress, callbacks=callbacks, is_main=is_main)
+    return run
 
 
 def _announce(run: TrainSession) -> None:
