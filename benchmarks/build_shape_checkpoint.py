@@ -38,7 +38,9 @@ sys.path.insert(0, str(ROOT.parent))
 import gpu_shapes  # noqa: E402
 
 EOS = "<|endoftext|>"
-SPECIALS = (EOS, "<|im_start|>", "<|im_end|>")
+# "<|vision_pad|>" is in Qwen2.5's vocabulary: Unsloth picks it as the pad token when pad == EOS and
+# refuses to train a tokenizer that has no such spare token (seen at 32B, 2026-12-03).
+SPECIALS = (EOS, "<|im_start|>", "<|im_end|>", "<|vision_pad|>")
 # Qwen2's pre-tokenizer split (its tokenizer.json): digits one by one, letters in runs.
 QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
