@@ -17,7 +17,7 @@ TORCH_INDEX_URL ?=
 EMBED_VENV := .venv-embed
 EMBED_TORCH_INDEX_URL ?=
 
-.PHONY: setup pipeline test lab clean embedded-model
+.PHONY: setup pipeline test test-fast lab clean embedded-model
 
 ifeq ($(CUDA),1)
 # The GPU set, exactly as the H100 runs used it (constraints-gpu.txt). The driver is checked
@@ -71,6 +71,11 @@ pipeline: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Everything but the `slow` tests (real-model conversion, notebook pipeline, multi-process
+# launches, DPO trainer builds); every module is still exercised. `make test` runs all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

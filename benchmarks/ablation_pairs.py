@@ -7,7 +7,7 @@ Variants, all with the same items, seed and training settings:
     self_consistency          k sampled few-shot answers vote; verified-wrong samples as extra rejected
     self_consistency+balanced both
 
-One run folder: stage 01's split (tasks.write_split) and one generations store shared by
+One run folder: stage 01's split (split.write_split) and one generations store shared by
 every variant (the greedy "response" and "raw" steps are generated once; self_consistency
 adds only the samples). Each variant trains an adapter (train.train_dpo, resumable), then
 is evaluated as stage 03 does: base raw and base few-shot once (the base model's outputs
@@ -78,7 +78,7 @@ def vs(a: list[dict], b: list[dict], cfg, field="strict") -> dict:
 
 def run(out: Path, cfg, names: list[str], json_path: Path, progress: bool) -> dict:
     from cai_lib import pairs as pairs_mod
-    from cai_lib import tasks, train
+    from cai_lib import split, train
     from cai_lib.adapters import load_adapter
     from cai_lib.arms import generate_fewshot
     from cai_lib.generate import generate
@@ -88,7 +88,7 @@ def run(out: Path, cfg, names: list[str], json_path: Path, progress: bool) -> di
     from cai_lib.scoring import score_records
 
     paths = run_paths(out)
-    train_items, eval_items, _ = tasks.write_split(paths, cfg)
+    train_items, eval_items, _ = split.write_split(paths, cfg)
     loaded = load_configured(cfg, purpose="train")
     result = {"machine": f"{platform.machine()} CPU, {__import__('os').cpu_count()} cores (shared)",
               "config": {k: getattr(cfg, k) for k in ("model", "seed", "n_train_items", "n_eval_items",

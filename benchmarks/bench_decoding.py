@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT.parent))
 
 
 def eval_items(n: int) -> list[dict]:
-    from cai_lib import tasks
-    return tasks.sample_items(tasks.eval_pool(), n, 0)
+    from cai_lib import split
+    from cai_lib.items import sample_items
+    return sample_items(split.eval_pool(), n, 0)
 
 
 def _sync():

@@ -33,8 +33,9 @@ def random_prompts(n: int, seed: int = 0) -> list[str]:
 def real_prompts(n: int) -> list[str]:
     """Raw held-out instructions, exactly as evaluation sends them: the type-balanced, seeded
     sample stage 01 draws (the pool itself is sorted by type)."""
-    from cai_lib import tasks
-    return [it["instruction"] for it in tasks.sample_items(tasks.eval_pool(), n, 0)]
+    from cai_lib import split
+    from cai_lib.items import sample_items
+    return [it["instruction"] for it in sample_items(split.eval_pool(), n, 0)]
 
 
 def measure(model, tok, prompts, batch_sizes, max_new_tokens) -> dict:

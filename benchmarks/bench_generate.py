@@ -2,7 +2,7 @@
 
 Measures: conversion time (with --convert, into a fresh cache), load time from the cache,
 greedy tokens/s at several batch sizes on real starter-item instructions, the
-batched-vs-batch-1 agreement rate, and the sentinel continuation. Prints a table.
+batched-vs-batch-1 agreement rate, and the conversion probe continuation. Prints a table.
 
     .venv/bin/python benchmarks/bench_generate.py [--convert] [--threads 2] [--batch-sizes 1 8 16]
 
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     loaded = load_base("embedded:gemma-3-270m")
     res["load_s"], res["load_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
     marker = embedded.conversion_info(folder) or {}
-    res["sentinel"] = marker.get("sentinel", {}).get("continuation")
+    res["conversion_probe"] = marker.get("conversion_probe", {}).get("continuation")
     res["marker_convert_s"] = marker.get("convert_seconds")
 
     prompts = real_prompts(args.n_prompts)
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     rows = [("transformers / torch / threads", f"{res['transformers']} / {res['torch']} / {args.threads}"),
             ("1-min load average start / end (cores)", f"{res['load_average_start']:.1f} / {res['load_average_end']:.1f} ({os.cpu_count()})")]
     if "convert_s" in res:
-        rows.append(("conversion (fresh cache, incl. sentinel)", f"{res['convert_s']:.1f} s wall, {res['convert_cpu_s']:.1f} CPU-s"))
+        rows.append(("conversion (fresh cache, incl. conversion probe)", f"{res['convert_s']:.1f} s wall, {res['convert_cpu_s']:.1f} CPU-s"))
     rows.append(("load from cache (load_base)", f"{res['load_s']:.1f} s wall, {res['load_cpu_s']:.1f} CPU-s"))
     for bs in args.batch_sizes:
         t = res[f"bs{bs}"]
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         if f"agree_bs{bs}_vs_bs1" in res:
             a = res[f"agree_bs{bs}_vs_bs1"]
             rows.append((f"batch {bs} vs batch 1 identical", f"{a['agree']}/{a['n']} ({a['rate']:.0%})"))
-    rows.append(("sentinel 'The capital of France is'", repr(res["sentinel"])))
+    rows.append(("conversion probe 'The capital of France is'", repr(res["conversion_probe"])))
     w = max(len(r[0]) for r in rows)
     print("\n".join(f"{k.ljust(w)} | {v}" for k, v in rows))
     print("finish reasons by batch size:", json.dumps(res["finish_reasons"]))

@@ -214,11 +214,14 @@ def measure_generation(model, tok, prompts, cfg, *, batch, max_new, stop=None, d
             "finish": {k: sum(r["finish_reason"] == k for r in recs) for k in ("eos", "length", "stop")}}
 
 
-def oom_search_generation(model, tok, prompts, cfg, *, start, max_batch, max_new, stop=None) -> dict:
+def oom_search_generation(model, tok, prompts, cfg, *, start, max_batch, max_new, stop=None,
+                          on_try=lambda partial: None) -> dict:
     """Double the batch from `start` on the longest prompts until CUDA runs out of memory.
 
     generate() halves the batch and retries on OOM, so an OOM is seen in the allocator's
-    num_ooms counter, not as an exception."""
+    num_ooms counter, not as an exception. `on_try(partial)` after every batch size: the
+    caller saves, so a device call cut by its time limit keeps the sizes already tried
+    (the 2026-12-03 training search lost four finished sizes that way)."""
     tried, b = [], start
     while b <= max_batch:
         batch_prompts = [prompts[i % len(prompts)] for i in range(b)]
@@ -226,6 +229,7 @@ def oom_search_generation(model, tok, prompts, cfg, *, start, max_batch, max_new
             with Peak() as pk:
                 _generate(model, tok, batch_prompts, cfg, batch=b, max_new=max_new, stop=stop, desc=f"oom@{b}")
             tried.append({"batch": b, **pk.record()})
+            on_try({"tried": tried, "oom_batch": None, "note": "search in progress"})
             if pk.ooms:
                 return {"tried": tried, "oom_batch": b, "largest_ok": b // 2 if b > start else None}
         except Exception as exc:  # noqa: BLE001 - an OOM at batch 1 ends in CaiError; any failure ends the search
@@ -243,7 +247,8 @@ GEN_KINDS = ("00", "response", "critique", "revision")
 
 def run_gen(cfg, args, progress=lambda out: None) -> dict:
     """`progress(out)` is called after each measurement (the caller saves: a cut call keeps them)."""
-    from cai_lib import models, prompts, tasks
+    from cai_lib import models, prompts, split
+    from cai_lib.items import sample_items
 
     kinds = [k.strip() for k in args.gen_kinds.split(",") if k.strip()]
     bad = [k for k in kinds if k not in GEN_KINDS]
@@ -262,7 +267,7 @@ def run_gen(cfg, args, progress=lambda out: None) -> dict:
                                                 desc="00")
         out["00_baseline"]["n_prompts_full"] = len(stage00_prompts(cfg)) + 6  # + the guard's 6 sentinels
         progress(out)
-    items = tasks.sample_items(tasks.train_pool(), max(n, 1), cfg.seed)[:n]
+    items = sample_items(split.train_pool(), max(n, 1), cfg.seed)[:n]
     frames = stage01_prompts(cfg, tok, items)
     for step, texts in frames.items():
         if step not in kinds:
@@ -275,18 +280,21 @@ def run_gen(cfg, args, progress=lambda out: None) -> dict:
         out["batch1"] = measure_generation(model, tok, base[:args.batch1_items], cfg, batch=1,
                                            max_new=cfg.baseline_max_new_tokens, desc="batch-1")
     if args.oom_search:
+        def saving(partial):
+            progress({**out, "oom_01_revision": partial})
         out["oom_01_revision"] = oom_search_generation(
             model, tok, _longest(tok, frames["revision"], n), cfg, start=b, max_batch=args.oom_max_batch,
-            max_new=cfg.data_max_new_tokens, stop=prompts.stop_strings("revision"))
+            max_new=cfg.data_max_new_tokens, stop=prompts.stop_strings("revision"), on_try=saving)
     _free(model, loaded)
     return out
 
 
 def _synthetic_pairs(cfg, tok, n: int) -> list[dict]:
     """n pairs of real train instructions with chosen/rejected of data_max_new_tokens tokens."""
-    from cai_lib import tasks
+    from cai_lib import split
+    from cai_lib.items import sample_items
 
-    items = tasks.sample_items(tasks.train_pool(), n, cfg.seed)
+    items = sample_items(split.train_pool(), n, cfg.seed)
     while len(items) < n:
         items = items + items
     return [{"prompt": it["instruction"], "chosen": _text_of_tokens(tok, cfg.data_max_new_tokens - 1, 7 * k),
@@ -312,7 +320,7 @@ def _step_times(run_dir: Path) -> list[float]:
     return [b - a for a, b in zip([0.0] + walls[:-1], walls)]
 
 
-def run_dpo(cfg, args, run_dir: Path) -> dict:
+def run_dpo(cfg, args, run_dir: Path, progress=lambda out: None) -> dict:
     import dataclasses
 
     from cai_lib import models
@@ -335,14 +343,16 @@ def run_dpo(cfg, args, run_dir: Path) -> dict:
                        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
                        "gradient_checkpointing": cfg.gradient_checkpointing, "max_length": cfg.max_length,
                        "peak_memory_bytes_train_dpo": summary.get("peak_memory_bytes")}
+    progress(out)
     if args.oom_search:
-        out["oom_02_train"] = oom_search_training(cfg, loaded, run_dir.parent / (run_dir.name + "-oom"), args)
+        out["oom_02_train"] = oom_search_training(cfg, loaded, run_dir.parent / (run_dir.name + "-oom"), args,
+                                                  on_try=lambda partial: progress({**out, "oom_02_train": partial}))
     _free(loaded)
     return out
 
 
-def oom_search_training(cfg, loaded, root: Path, args) -> dict:
-    """One DPO step (accumulation 1) at per_device_batch_size doubled until OOM."""
+def oom_search_training(cfg, loaded, root: Path, args, on_try=lambda partial: None) -> dict:
+    """One DPO step (accumulation 1) at per_device_batch_size doubled until OOM (saved per size)."""
     import dataclasses
 
     tried, b = [], cfg.per_device_batch_size
@@ -352,6 +362,7 @@ def oom_search_training(cfg, loaded, root: Path, args) -> dict:
         try:
             _, rec = _train(rc, loaded, root / f"b{b}", b)
             tried.append({"per_device_batch_size": b, **rec})
+            on_try({"tried": tried, "oom_batch": None, "note": "search in progress"})
             if rec["cuda_ooms"]:
                 return {"tried": tried, "oom_batch": b, "largest_ok": b // 2 if b > cfg.per_device_batch_size else None}
         except Exception as exc:  # noqa: BLE001 - torch.cuda.OutOfMemoryError (or a failure it causes)
@@ -363,8 +374,9 @@ def oom_search_training(cfg, loaded, root: Path, args) -> dict:
             "note": f"no OOM up to per_device_batch_size {args.oom_max_train_batch}"}
 
 
-def run_eval(cfg, args, run_dir: Path) -> dict:
-    from cai_lib import evaluate, tasks
+def run_eval(cfg, args, run_dir: Path, progress=lambda out: None) -> dict:
+    from cai_lib import evaluate, split
+    from cai_lib.items import sample_items
     from cai_lib.runs import run_paths
 
     paths = run_paths(run_dir)
@@ -373,20 +385,23 @@ def run_eval(cfg, args, run_dir: Path) -> dict:
     out = {"load": {**pk.record(), "backend": loaded.backend}}
     tok = loaded.tokenizer
     n = cfg.gen_batch_size * args.gen_batches
-    items = tasks.sample_items(tasks.eval_pool(), n, cfg.seed)[:n]
-    with Peak() as pk:
-        base, trained, timing = evaluate.generate_both(model, tok, items, cfg, progress=False)
+    items = sample_items(split.eval_pool(), n, cfg.seed)[:n]
+    with Peak() as pk:  # stage 03's three arms: base raw, trained raw, base few-shot (the longest prompts)
+        base, _fewshot, trained, timing = evaluate.generate_three(model, tok, items, cfg, progress=False)
     n_batches = math.ceil(len(items) / cfg.gen_batch_size)
     out["03_evaluate"] = {**pk.record(), "n": len(items), "batch": cfg.gen_batch_size,
                           "max_new_tokens": cfg.eval_max_new_tokens, **timing,
                           "s_per_batch": round((timing["base_seconds"] + timing["trained_seconds"]) / (2 * n_batches), 3),
+                          "fewshot_s_per_batch": round(timing["base_fewshot_seconds"] / n_batches, 3),
                           "prompt_tokens_max": max(r["prompt_tokens"] for r in base),
                           "outputs_differ": sum(b["response"] != t["response"] for b, t in zip(base, trained))}
     if args.batch1_items > 0:
         out["batch1"] = measure_generation(model, tok, [it["instruction"] for it in items[:args.batch1_items]], cfg,
                                            batch=1, max_new=cfg.eval_max_new_tokens, desc="batch-1")
     if args.oom_search:
+        progress(out)
         out["oom_03_evaluate"] = oom_search_generation(model, tok, [it["instruction"] for it in items], cfg,
+                                                       on_try=lambda partial: progress({**out, "oom_03_evaluate": partial}),
                                                        start=cfg.gen_batch_size, max_batch=args.oom_max_batch,
                                                        max_new=cfg.eval_max_new_tokens)
     _free(model, loaded)
@@ -399,9 +414,15 @@ def extrapolate(cfg, res: dict) -> dict:
     """Hours for the full profile from the measured per-batch/per-step times (upper bounds)."""
     from cai_lib.pairs import STEPS
 
-    b = cfg.gen_batch_size
-    out: dict = {}
     gen = res.get("gen") or {}
+    # per-batch times hold for the batch they were measured at, which is the profile's only when
+    # the sample ran with it (a merged record can be extrapolated under a changed profile)
+    measured = [r.get("batch") for r in [*gen.values(), (res.get("eval") or {}).get("03_evaluate") or {}]
+                if isinstance(r, dict) and r.get("batch") not in (None, 1)]
+    b = measured[0] if measured else cfg.gen_batch_size
+    if any(x != b for x in measured):
+        raise SystemExit(f"extrapolate: samples measured at different batch sizes {sorted(set(measured))}")
+    out: dict = {"gen_batch_size": b}
     b1 = (gen.get("batch1") or (res.get("eval") or {}).get("batch1") or {}).get("s_per_item")
     if "00_baseline" in gen:
         det = min(cfg.determinism_sample, gen["00_baseline"]["n_prompts_full"])
@@ -419,21 +440,75 @@ def extrapolate(cfg, res: dict) -> dict:
         n_steps = math.ceil(cfg.n_train_items / (cfg.per_device_batch_size * cfg.gradient_accumulation_steps)) \
             * cfg.num_epochs
         n_sample_pairs = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * dpo["steps"]
-        # setup (trainer init, reference log-probs over the sample's pairs, compilation) scales at most with pairs
-        setup_per_pair = (dpo["setup_s"] or 0) / max(1, n_sample_pairs)
+        # The sample's setup (trainer init, compilation, reference log-probs of its pairs, the
+        # adapter save) is paid once; only the reference log-probs grow with the pairs. They are
+        # one forward pass over chosen + rejected, about a third of a training step's work per
+        # pair (forward + backward); the 2026-12-03 32B run's progress bars agree (transformers
+        # + bnb: 0.18 s per pair measured vs 8.7 s / 16 pairs / 3 = 0.18 estimated).
+        ref_per_pair = dpo["steady_step_s"] / n_sample_pairs * dpo["steps"] / 3
         out["02_train_s"] = n_steps * dpo["steady_step_s"] + (dpo["first_step_s"] - dpo["steady_step_s"]) \
-            + setup_per_pair * cfg.n_train_items
+            + (dpo["setup_s"] or 0) + ref_per_pair * max(0, cfg.n_train_items - n_sample_pairs)
         out["02_optimizer_steps"] = math.ceil(n_steps)
     ev = (res.get("eval") or {}).get("03_evaluate")
     if ev:
         det = cfg.determinism_sample
         eb1 = (res["eval"].get("batch1") or {}).get("s_per_item") or 0.0
-        out["03_evaluate_s"] = 2 * math.ceil(cfg.n_eval_items / b) * ev["s_per_batch"] \
+        batches = math.ceil(cfg.n_eval_items / b)
+        # the in-context arm's frames are stage 01's response frames: a rehearsal that did not
+        # measure it in stage 03 takes that batch time from the generation sample
+        fewshot = ev.get("fewshot_s_per_batch") or (gen.get("01_response") or {}).get("s_per_batch") or 0.0
+        out["03_evaluate_s"] = 2 * batches * ev["s_per_batch"] + batches * fewshot \
             + math.ceil(det / b) * ev["s_per_batch"] + det * eb1
-    out["total_hours"] = round(sum(v for k, v in out.items() if k.endswith("_s")) / 3600, 3)
+        if not ev.get("fewshot_s_per_batch"):
+            out["03_fewshot_arm_from"] = "01_response" if fewshot else "not measured (not counted)"
+    out["total_hours"] = round(sum(v for k, v in out.items() if k.endswith("_s") and isinstance(v, (int, float)))
+                               / 3600, 3)
     out["note"] = ("upper bounds: random weights never stop early, every item is assumed to give a pair; "
                    "model loading and stage 04 not counted")
     return out
+
+
+def extrapolate_at_batch(cfg, res: dict, batch: int) -> dict | None:
+    """The same extrapolation with gen_batch_size = batch, from the OOM searches' timed tries.
+
+    Every stage-00/01 generation batch is charged the revision frames' time at that batch
+    (the longest prompts, data_max_new_tokens new tokens), stage 03's raw and few-shot arms
+    the evaluation search's time (adapter on): upper bounds, like the rest. None when a
+    search did not time that batch without an OOM."""
+    import dataclasses
+
+    def timed(search: dict | None) -> float | None:
+        for t in (search or {}).get("tried", []):
+            if t.get("batch") == batch and not t.get("cuda_ooms") and "error" not in t:
+                return t["seconds"]
+        return None
+
+    gen, ev = res.get("gen") or {}, res.get("eval") or {}
+    g_s, e_s = timed(gen.get("oom_01_revision")), timed(ev.get("oom_03_evaluate"))
+    if g_s is None or e_s is None:
+        return None
+    at = json.loads(json.dumps(res))  # deep copy
+    for k in ("00_baseline", "01_response", "01_critique", "01_revision"):
+        if k in at["gen"]:
+            at["gen"][k].update(s_per_batch=g_s, batch=batch)
+    at["eval"]["03_evaluate"].update(s_per_batch=e_s, fewshot_s_per_batch=e_s, batch=batch)
+    return extrapolate(dataclasses.replace(cfg, gen_batch_size=batch), at)
+
+
+def merge(paths: list[Path]) -> dict:
+    """One record from per-phase rehearsal JSONs (each device call writes its own): the first
+    file holding each stage wins, except DPO, where every backend measured is kept."""
+    res: dict = {"merged_from": [p.name for p in paths], "dpo_by_backend": {}}
+    for p in paths:
+        part = json.loads(Path(p).read_text())
+        for key in ("profile", "overrides", "device", "model_build", "preflight"):
+            res.setdefault(key, part.get(key))
+        for stage in ("gen", "eval"):
+            if part.get(stage) and stage not in res:
+                res[stage] = part[stage]
+        if part.get("dpo", {}).get("02_train"):
+            res["dpo_by_backend"][part["dpo"]["02_train"]["backend"]] = part["dpo"]
+    return res
 
 
 def preflight_next_to(cfg, model_dir: Path, cap_gib: float | None) -> dict:
@@ -487,9 +562,62 @@ def table(res: dict) -> str:
     return "\n".join(rows)
 
 
+def formula_vs_tries(cfg, model_config: dict, res: dict) -> list[dict]:
+    """preflight's generation formula at every batch an OOM search timed, with that search's
+    own prompt length: checks the memory arithmetic itself, apart from the plan's prompt sizes."""
+    from cai_lib import preflight
+
+    shape, g = preflight.shape_from_config(model_config), preflight.generation_cfg(cfg.to_dict())
+    rows = []
+    for stage, search, base, new, lora in (
+            ("01 revision", (res.get("gen") or {}).get("oom_01_revision"), (res.get("gen") or {}).get("01_revision"),
+             cfg.data_max_new_tokens, False),
+            ("03 evaluate", (res.get("eval") or {}).get("oom_03_evaluate"), (res.get("eval") or {}).get("03_evaluate"),
+             cfg.eval_max_new_tokens, True)):
+        if not search or not base:
+            continue
+        for t in search["tried"]:
+            if "error" in t:
+                continue
+            est = sum(preflight.generation_bytes(shape, g, batch=t["batch"], prompt=base["prompt_tokens_max"],
+                                                 new=new, with_lora=lora).values()) / GIB
+            rows.append({"stage": stage, "batch": t["batch"], "measured_gib": t["peak_alloc_gib"],
+                         "preflight_gib": round(est, 2), "ratio": round(est / t["peak_alloc_gib"], 3),
+                         "oom": bool(t.get("cuda_ooms"))})
+    return rows
+
+
+def main_merge(paths: list[Path], at_batches: list[int], out_json: Path) -> int:
+    """Merge per-call JSONs; extrapolate per DPO backend, at the profile's batch and at others."""
+    res = merge(paths)
+    cfg = make_config(res["profile"], "Qwen/Qwen2.5-32B", res.get("overrides") or {})
+    model_config = {k: v for k, v in (res.get("model_build") or {}).get("spec", {}).items() if k != "arch"}
+    model_config["model_type"] = "qwen2"
+    res["extrapolated"], res["preflight_vs_measured"], tables = {}, {}, []
+    for backend, dpo in res["dpo_by_backend"].items():
+        one = {**res, "dpo": dpo}
+        res["extrapolated"][backend] = {"sample_batch": extrapolate(cfg, one),
+                                        **{f"batch_{b}": extrapolate_at_batch(cfg, one, b) for b in at_batches}}
+        res["preflight_vs_measured"][backend] = preflight_vs_measured(one)
+        tables.append(table(one).splitlines())
+    # one table: the generation/eval rows once, a DPO row per backend
+    rows = tables[0] + [r for t in tables[1:] for r in t if r.startswith("| 02 DPO")] if tables else []
+    res["table"] = "\n".join(rows)
+    if model_config.get("hidden_size"):
+        res["formula_vs_oom_tries"] = formula_vs_tries(cfg, model_config, res)
+    _save(out_json, res)
+    print(res["table"])
+    print(json.dumps(res["extrapolated"], indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="model folder (benchmarks/build_shape_checkpoint.py output)")
+    p.add_argument("--model", help="model folder (benchmarks/build_shape_checkpoint.py output)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None,
+                   help="instead of running: merge these per-call JSONs into --json (extrapolation per backend)")
+    p.add_argument("--at-batch", type=int, nargs="*", default=[64, 128],
+                   help="with --merge: also extrapolate at these gen_batch_size values (from the OOM searches)")
     p.add_argument("--profile", default="gpu-32b")
     p.add_argument("--cap-gib", type=float, default=80.0, help="CUDA memory cap for this process (GiB)")
     p.add_argument("--stages", default="gen,dpo,eval")
@@ -505,6 +633,10 @@ def main(argv=None) -> int:
     p.add_argument("--oom-max-train-batch", type=int, default=64)
     p.add_argument("--set", nargs="*", default=[], help="profile overrides key=value (YAML values)")
     a = p.parse_args(argv)
+    if a.merge:
+        return main_merge(a.merge, a.at_batch, Path(a.json))
+    if not a.model:
+        p.error("--model is required (or --merge JSON...)")
 
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
@@ -525,10 +657,10 @@ def main(argv=None) -> int:
         res["gen"] = run_gen(cfg, a, progress=lambda part: _save(out_json, {**res, "gen": part}))
         _save(out_json, res)
     if "dpo" in stages:
-        res["dpo"] = run_dpo(cfg, a, run_dir)
+        res["dpo"] = run_dpo(cfg, a, run_dir, progress=lambda part: _save(out_json, {**res, "dpo": part}))
         _save(out_json, res)
     if "eval" in stages:
-        res["eval"] = run_eval(cfg, a, run_dir)
+        res["eval"] = run_eval(cfg, a, run_dir, progress=lambda part: _save(out_json, {**res, "eval": part}))
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     res["extrapolated"] = extrapolate(cfg, res)
     res["preflight_vs_measured"] = preflight_vs_measured(res)

@@ -31,6 +31,7 @@ from typing import Sequence
 
 from . import prompts, scoring
 from .errors import CaiError
+from .text import plain_key
 
 ARMS = ("base", "base_fewshot", "trained")
 ARM_LABELS = {"base": "base · raw", "base_fewshot": "base · few-shot", "trained": "trained · raw"}
@@ -57,12 +58,12 @@ def check_no_eval_examples(items: Sequence[dict], requests: Sequence[tuple[str, 
     this catches a custom rotate_fn or bank that bypasses it. The examples are read back
     from the frame itself ("Instruction: ..." blocks before the last), so what is checked
     is exactly what the model sees."""
-    evals = {prompts.normalize(it["instruction"]): it["id"] for it in items}
+    evals = {plain_key(it["instruction"]): it["id"] for it in items}
     for it, (prompt, _ids) in zip(items, requests):
         for block in prompt.split("\n\n")[:-1]:
             if not block.startswith("Instruction: "):
                 continue
-            hit = evals.get(prompts.normalize(block.split("\n", 1)[0][len("Instruction: "):]))
+            hit = evals.get(plain_key(block.split("\n", 1)[0][len("Instruction: "):]))
             if hit is not None:
                 raise CaiError(f"few-shot arm: item {it['id']!r} would be shown eval item {hit!r} as an example — "
                                "remove it from the few-shot bank (cai_lib/fewshot.py)", exit_code=2)

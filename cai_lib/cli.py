@@ -30,7 +30,7 @@ def _cmd_score(a):
 
 
 def _cmd_leakage(a):
-    from .leakage import leakage_cli
+    from .split import leakage_cli
     return leakage_cli(a.train, a.eval, a.report)
 
 

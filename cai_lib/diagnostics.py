@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from typing import Iterable, Sequence
 
 from .errors import CaiError
-from .scoring import first_yes_no, last_number, word_count, words
+from .checks import first_yes_no, last_number, word_count, words
 
 CLASS_KINDS = ("yes_no", "number")
 MIN_CLASS_COUNT = 3

@@ -7,10 +7,13 @@ second instead of about a minute, and - because it is an ordinary transformers f
 can be copied to a GPU machine whose (older, Unsloth-capped) transformers must not redo the
 conversion itself.
 
-Why a sentinel: transformers 5.17 converts this GGUF's *tokenizer* wrongly ("The capital of
-France is" -> " is is is ..."), with no error. Only generating text reveals it, so every
-conversion ends with a greedy continuation that must be about France and not degenerate;
-otherwise the folder is not cached and the reason is raised.
+Why a conversion probe: transformers 5.17 converts this GGUF's *tokenizer* wrongly ("The
+capital of France is" -> " is is is ..."), with no error. Only generating text reveals it, so
+every conversion ends with a greedy continuation that must be about France and not
+degenerate; otherwise the folder is not cached and the reason is raised. (Not to be confused
+with stage 00's contamination sentinels, cai_lib.baseline: those question the base model,
+this questions the conversion.) The probe's result is stored in the folder's marker under
+"conversion_probe"; markers written before that name used "sentinel" and are still read.
 """
 
 from __future__ import annotations
@@ -41,12 +44,12 @@ MARKER_VERSION = 1
 # scores do not follow. 5.18.0 adds `gemma_tokenizer` (space tokens respelled, merges in file
 # order); its code is unchanged through 5.24, which is verified end to end here. So refuse
 # below 5.18 and recommend 5.24; CAI_FORCE_GGUF_CONVERT=1 overrides the gate for
-# experiments, and the sentinel still decides whether the result is kept.
+# experiments, and the conversion probe still decides whether the result is kept.
 MIN_CONVERT_TRANSFORMERS = (5, 18)
 
-SENTINEL_PROMPT = "The capital of France is"
-SENTINEL_NEW_TOKENS = 24
-_SENTINEL_TOPIC = re.compile(r"\b(paris|france|french)\b", re.IGNORECASE)
+PROBE_PROMPT = "The capital of France is"
+PROBE_NEW_TOKENS = 24
+_PROBE_TOPIC = re.compile(r"\b(paris|france|french)\b", re.IGNORECASE)
 
 
 def model_cache_dir() -> Path:
@@ -73,8 +76,8 @@ def transformers_can_convert(version: str | None = None) -> tuple[bool, str]:
     return False, v
 
 
-def sentinel_verdict(continuation: str) -> dict:
-    """Judge the sentinel continuation of "The capital of France is".
+def probe_verdict(continuation: str) -> dict:
+    """Judge the conversion probe's continuation of "The capital of France is".
 
     ok = it mentions Paris/France/French (a whole word) and is not degenerate. Degenerate:
     no words; one word repeated three times in a row; or, with at least 6 words, one word
@@ -84,7 +87,7 @@ def sentinel_verdict(continuation: str) -> dict:
     """
     words = re.findall(r"[a-z0-9']+", continuation.lower())
     reasons = []
-    mentions = bool(_SENTINEL_TOPIC.search(continuation))
+    mentions = bool(_PROBE_TOPIC.search(continuation))
     if not words:
         reasons.append("empty continuation")
     else:
@@ -99,7 +102,7 @@ def sentinel_verdict(continuation: str) -> dict:
     degenerate = bool(reasons)
     if not mentions:
         reasons.append("does not mention Paris, France or French")
-    return {"prompt": SENTINEL_PROMPT, "continuation": continuation, "mentions_topic": mentions,
+    return {"prompt": PROBE_PROMPT, "continuation": continuation, "mentions_topic": mentions,
             "degenerate": degenerate, "ok": not reasons, "reasons": reasons}
 
 
@@ -108,15 +111,15 @@ def _groupby(words):
     return itertools.groupby(words)
 
 
-def run_sentinel(model, tokenizer) -> dict:
+def run_conversion_probe(model, tokenizer) -> dict:
     from . import guard
     from .generate import generate
 
     guard.strip_chat_template(tokenizer)
     guard.bos_policy(tokenizer, model)
-    rec = generate(model, tokenizer, [SENTINEL_PROMPT], max_new_tokens=SENTINEL_NEW_TOKENS,
-                   batch_size=1, progress=False, desc="sentinel")[0]
-    return {**sentinel_verdict(rec["response"]), "finish_reason": rec["finish_reason"]}
+    rec = generate(model, tokenizer, [PROBE_PROMPT], max_new_tokens=PROBE_NEW_TOKENS,
+                   batch_size=1, progress=False, desc="conversion probe")[0]
+    return {**probe_verdict(rec["response"]), "finish_reason": rec["finish_reason"]}
 
 
 # --------------------------------------------------------------------------- conversion
@@ -126,15 +129,19 @@ def _marker_ok(folder: Path) -> dict | None:
         m = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    if m.get("marker_version") != MARKER_VERSION or not (m.get("sentinel") or {}).get("ok"):
+    if not isinstance(m, dict):
+        return None
+    # Markers written before the rename keep the probe under "sentinel": read them as they are.
+    probe = m.get("conversion_probe") or m.get("sentinel")
+    if m.get("marker_version") != MARKER_VERSION or not (probe or {}).get("ok"):
         return None
     if not (folder / "config.json").exists() or not any(folder.glob("*.safetensors")):
         return None
-    return m
+    return {**m, "conversion_probe": probe}
 
 
 def conversion_info(folder: Path) -> dict | None:
-    """The marker of a converted folder (source sha256, versions, sentinel), or None."""
+    """The marker of a converted folder (source sha256, versions, conversion_probe), or None."""
     return _marker_ok(Path(folder))
 
 
@@ -188,9 +195,9 @@ def _load_gguf(gguf_path: Path):
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, *, source_sha256: str, name: str) -> dict:
-    """Convert a GGUF to a safetensors folder at `out_dir`, atomically, after the sentinel passes.
+    """Convert a GGUF to a safetensors folder at `out_dir`, atomically, after the conversion probe passes.
 
-    Written to a temporary sibling folder, reloaded from there (so the sentinel tests the
+    Written to a temporary sibling folder, reloaded from there (so the probe tests the
     saved artifact, not the in-memory conversion), then renamed into place. Returns the marker.
     """
     import torch
@@ -217,11 +224,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, source_sha256: str, name: st
         model = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32)
         model.eval()
         tok2 = AutoTokenizer.from_pretrained(str(tmp))
-        sentinel = run_sentinel(model, tok2)
-        if not sentinel["ok"]:
+        probe = run_conversion_probe(model, tok2)
+        if not probe["ok"]:
             raise CaiError(
-                f"the converted {name} failed its sentinel ({'; '.join(sentinel['reasons'])}): "
-                f"{SENTINEL_PROMPT!r} -> {sentinel['continuation']!r}; the folder was not cached - "
+                f"the converted {name} failed its conversion probe ({'; '.join(probe['reasons'])}): "
+                f"{PROBE_PROMPT!r} -> {probe['continuation']!r}; the folder was not cached - "
                 f"convert with transformers>=5.24 (installed: {transformers.__version__})"
             )
         marker = {
@@ -234,7 +241,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, source_sha256: str, name: st
             "dtype": "float32",
             "convert_seconds": round(convert_s, 1),
             "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "sentinel": sentinel,
+            "conversion_probe": probe,
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if out_dir.exists():  # a stale or unmarked folder: replace it
@@ -266,7 +273,7 @@ def _assemble_embedded_gguf(pkg, work: Path) -> tuple[Path, str]:
 
 
 def embedded_model_dir(name: str = "gemma-3-270m") -> Path:
-    """Path of the converted, sentinel-checked safetensors folder of an embedded model.
+    """Path of the converted, probe-checked safetensors folder of an embedded model.
 
     Converts on first use (about a minute on two CPU cores) and reuses the folder afterwards.
     """
@@ -345,8 +352,8 @@ def main() -> int:
         print(f"embedded model: error: {exc}", file=sys.stderr)
         return exc.exit_code
     info = conversion_info(folder) or {}
-    sentinel = (info.get("sentinel") or {}).get("continuation", "")
-    print(f"embedded model ready: {folder}\n  sentinel: {SENTINEL_PROMPT!r} -> {sentinel!r}")
+    continuation = (info.get("conversion_probe") or {}).get("continuation", "")
+    print(f"embedded model ready: {folder}\n  conversion probe: {PROBE_PROMPT!r} -> {continuation!r}")
     return 0
 
 

@@ -74,7 +74,7 @@ def generate_three(model, tokenizer, items: list[dict], cfg, *, progress: bool =
 
 def run_evaluation(cfg, paths, *, progress: bool = True, generate_fn=None) -> dict:
     from .arms import decoding_plan
-    from .leakage import verify_eval_set
+    from .split import verify_eval_set
     verify_eval_set(paths)  # train file present, hashes match, no leaks — else a one-line refusal
     items = load_items(paths.eval_instructions)
     if not items:
@@ -161,7 +161,7 @@ def eval_cli(run_dir, items, out_dir=None, force: bool = False) -> int:
 
     from . import config
     from .fewshot import all_fewshot_instructions
-    from .leakage import find_leaks
+    from .split import find_leaks
     from .runs import run_paths
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

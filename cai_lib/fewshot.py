@@ -10,7 +10,7 @@ One record per example holds everything the three data-generation steps need:
 Flaws are varied on purpose (wrong fact, off-topic, incomplete, too long, runs on into a
 new prompt, wrong format) so the critique step does not learn "shorter is better" — the
 seed review's warning about "improving" answers by shortening them. Each record has a
-`topic`; the split in cai_lib.tasks forces these topics to the train side, and the leakage
+`topic`; the split in cai_lib.split forces these topics to the train side, and the leakage
 guard checks every few-shot instruction against the eval set.
 """
 

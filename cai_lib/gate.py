@@ -166,7 +166,7 @@ def run_gate(run_dir, cfg, base: list[dict], trained: list[dict]) -> dict:
     Returns {"all_stats", "in_context", "gate"}."""
     from .arms import gate_kwargs, stats_fields
     from .jsonl import read_json
-    from .leakage import report_is_clean
+    from .split import report_is_clean
     from .runs import run_paths
     from .stats import stats_records
     paths = run_paths(run_dir)

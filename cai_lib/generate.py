@@ -423,12 +423,3 @@ def throughput(records: Sequence[dict]) -> dict:
     secs = sum(r["seconds"] for r in records)
     return {"n": len(records), "new_tokens": toks, "seconds": secs,
             "tokens_per_s": toks / secs if secs > 0 else float("nan")}
-
-
-def measure_throughput(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
-                       cache: str = "auto") -> dict:
-    """Run generate once and return throughput() plus the batch size and decoding info (for benchmarks)."""
-    info: dict = {}
-    recs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    progress=False, cache=cache, info=info)
-    return {"batch_size": batch_size, **throughput(recs), "decoding": info}

@@ -10,14 +10,14 @@ turns that measurement into a measurement of someone else's instruction tuning. 
 - every encoded prompt is checked for chat markers / special tokens before generation;
 - instruct-named checkpoints are refused unless explicitly allowed (see models.load_base).
 
-Sentinel prompts are instructions a pure base model tends to *continue* rather than obey;
-their outputs are recorded as evidence for the reader, never as a pass/fail of the guard.
+The contamination sentinels (prompts a pure base model tends to continue rather than obey)
+live with the stage that runs them, `baseline`: evidence for the reader, not a guard check.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 from .errors import CaiError
 
@@ -205,52 +205,6 @@ def _check_encoded(tokenizer, prompts: Sequence[str], encoded: Sequence[Sequence
                 f"prompt {i} encodes {what}; base-model prompts may contain only one leading BOS - "
                 "remove special-token text from the prompt"
             )
-
-
-# --------------------------------------------------------------------------- sentinels
-
-# Instructions a pure base model tends to continue rather than obey. Items follow the
-# design's eval-item schema, so the scorer judges them like any other item.
-SENTINEL_PROMPTS: list[dict] = [
-    {"id": "sentinel-piglatin", "type": "response",
-     "instruction": "Translate to Pig Latin: hello world",
-     "checks": [{"kind": "contains_all", "values": ["ellohay", "orldway"]}]},
-    {"id": "sentinel-primes", "type": "generation",
-     "instruction": "List three prime numbers:",
-     "checks": [{"kind": "items", "n": 3},
-                {"kind": "regex", "pattern": r"\b(2|3|5|7|11|13|17|19|23|29)\b"}]},
-    {"id": "sentinel-oneword", "type": "qa",
-     "instruction": "Answer with one word: What color is the sky on a clear day?",
-     "checks": [{"kind": "contains_any", "values": ["blue"]}, {"kind": "max_words", "n": 2}]},
-    {"id": "sentinel-yesno", "type": "qa",
-     "instruction": "Respond with yes or no: Is the sun a star?",
-     "checks": [{"kind": "yes_no", "value": "yes"}, {"kind": "max_words", "n": 3}]},
-    {"id": "sentinel-count", "type": "completion",
-     "instruction": "Count from one to five, separated by commas:",
-     "checks": [{"kind": "regex", "pattern": r"(?i)(1|one)\W+(2|two)\W+(3|three)\W+(4|four)\W+(5|five)"},
-                {"kind": "max_words", "n": 8}]},
-    {"id": "sentinel-sentence", "type": "generation",
-     "instruction": "Write exactly one sentence about the ocean.",
-     "checks": [{"kind": "sentences", "n": 1}, {"kind": "contains_any", "values": ["ocean", "sea"]}]},
-]
-
-
-def run_sentinels(loaded, generate_fn: Callable | None = None, *, max_new_tokens: int = 48,
-                  format_fn: Callable[[str], str] | None = None, batch_size: int = 8,
-                  progress: bool = False) -> list[dict]:
-    """Generate on SENTINEL_PROMPTS in the evaluation format (raw instruction by default).
-
-    Returns response records (item + prompt + response + finish_reason + counts) for the
-    scorer and the report. They are evidence about the base model, not a verdict on the
-    guard: a base model that *obeys* them is a hint of instruction-tuning contamination.
-    """
-    if generate_fn is None:
-        from .generate import generate as generate_fn
-    fmt = format_fn or (lambda s: s)
-    prompts = [fmt(it["instruction"]) for it in SENTINEL_PROMPTS]
-    outs = generate_fn(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                       batch_size=batch_size, stop=None, progress=progress, desc="sentinels")
-    return [{**it, "prompt": p, **o} for it, p, o in zip(SENTINEL_PROMPTS, prompts, outs)]
 
 
 def guard_report(loaded) -> dict:

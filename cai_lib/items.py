@@ -1,4 +1,5 @@
-"""Eval items: load and validate the item schema of DESIGN.md ("Eval item").
+"""Eval items: load and validate the item schema of DESIGN.md ("Eval item"), and draw
+type-balanced samples of them.
 
 An item is `{"id", "type", "instruction", "checks"}`; every problem in an items file is
 reported as one line naming the file, line, field and the fix, before any model time
@@ -7,10 +8,13 @@ is spent on it.
 
 from __future__ import annotations
 
+import random
+from collections import defaultdict
 from pathlib import Path
 
 from .errors import CaiError
-from .scoring import read_records, validate_checks
+from .checks import validate_checks
+from .scoring import read_records
 
 VALID_TYPES: tuple[str, ...] = ("qa", "completion", "generation", "response")
 
@@ -68,3 +72,52 @@ def load_items(path) -> list[dict]:
                            f"— give every item a unique id")
         seen[item["id"]] = ln
     return rows
+
+
+# ---- type-balanced samples ------------------------------------------------------------------
+
+def _interleave_sources(items: list[dict], rng: random.Random) -> list[dict]:
+    """Seeded order that cycles through fact tables (capitals, arithmetic, ...), so a small
+    sample of one type spreads over every table instead of mirroring the biggest one."""
+    by_src = defaultdict(list)
+    for it in sorted(items, key=lambda x: x["id"]):
+        by_src[it.get("source", "")].append(it)
+    queues = [by_src[k] for k in sorted(by_src)]
+    for q in queues:
+        rng.shuffle(q)
+    rng.shuffle(queues)
+    out = []
+    while queues:
+        out.extend(q.pop() for q in queues)
+        queues = [q for q in queues if q]
+    return out
+
+
+def sample_items(pool: list[dict], n: int, seed: int) -> list[dict]:
+    """`n` distinct items balanced by type (seeded), spread across fact tables within a
+    type. A type with too few items gives its share to the others; n larger than the pool
+    is an error; n <= 0 means the whole pool."""
+    if n <= 0:
+        return list(pool)
+    if n > len(pool):
+        raise CaiError(f"asked for {n} unique items but the pool holds {len(pool)} — lower n_train_items / n_eval_items in the profile")
+    by_type = defaultdict(list)
+    for it in pool:
+        by_type[it["type"]].append(it)
+    rng = random.Random(seed)
+    for t in sorted(by_type):
+        by_type[t] = _interleave_sources(by_type[t], rng)
+    types = sorted(by_type, key=lambda t: VALID_TYPES.index(t) if t in VALID_TYPES else len(VALID_TYPES))
+    quota = {t: 0 for t in types}
+    remaining = n
+    while remaining:  # round-robin: each pass gives one more to every type that still has items
+        progressed = False
+        for t in types:
+            if remaining and quota[t] < len(by_type[t]):
+                quota[t] += 1
+                remaining -= 1
+                progressed = True
+        if not progressed:  # unreachable given n <= len(pool); guards an infinite loop
+            break
+    chosen = [it for t in types for it in by_type[t][:quota[t]]]
+    return sorted(chosen, key=lambda x: (types.index(x["type"]), x["id"]))

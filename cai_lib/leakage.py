@@ -1,5 +1,9 @@
-"""Leakage guard: no eval instruction may repeat, or nearly repeat, a train instruction or a
-few-shot example used in data-generation prompts.
+"""Leakage detector: which eval instructions repeat, or nearly repeat, a train instruction or
+a few-shot example used in data-generation prompts.
+
+A pure detector: it reads no files and knows no corpus of its own; the reference corpus
+for document frequencies is passed in. The split that uses it (pools, the shipped corpus,
+the overlap report, `cai leakage`) is cai_lib.split.
 
 Why not plain character n-grams: "What is the capital of France?" vs "What is the capital
 city of France?" (a leak) and "... capital of France?" vs "... capital of Peru?" (different
@@ -7,7 +11,7 @@ facts, same template) score almost alike, because the template dominates the cha
 What separates them is whether the *fact-bearing* words agree. So every instruction is
 first brought to a canonical token sequence, then compared in four tiers.
 
-**Canonical tokens** (`fold`, `tokens`, `_analysis`), so cheap rewrites change nothing:
+**Canonical tokens** (cai_lib.text's `fold` and `tokens`, cai_lib.canon's `analysis`), so cheap rewrites change nothing:
 
 * Unicode: NFKC (fullwidth and mathematical letters/digits become ASCII), invisible
   characters dropped (zero-width space/joiners, soft hyphen, word joiner, BOM, variation
@@ -80,8 +84,8 @@ Known fail-closed cases (flagged although distinct): without answers to veto, qu
 that differ only in a template word ("3 plus 4" vs "3 times 4"), or a one-letter
 difference in a word the reference corpus does not know.
 
-Document frequencies come from the unique union of the compared files and the shipped
-instruction corpus (both pools + few-shot bank), so a sampled split gets exactly the
+Document frequencies come from the unique union of the compared files and the reference
+corpus (cai_lib.split passes the shipped one: both pools + few-shot bank), so a sampled split gets exactly the
 decisions its pools were split with, and a two-line file still knows "capital" is a
 template word. Candidates are found through inverted indexes on content words and on
 one-deletion variants (for typos), so 1,000 x 300 items take well under a second.
@@ -91,14 +95,12 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections import Counter, defaultdict
 from functools import lru_cache
-from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import CaiError
-from .jsonl import read_json, read_jsonl, sha256_file, write_json
+from .canon import FRAME_PREFIX_MAX_TOKENS, FRAME_WORDS, STOPWORDS, analysis, base_words, canonical, marked
+from .text import normalize, token_tuple
 
 METHOD = (
     "exact: equal after normalization (Unicode NFKC, invisible characters removed, homoglyphs "
@@ -116,376 +118,6 @@ NEAR_CONTAINMENT = 0.8
 NEAR_JACCARD = 0.4
 FUZZY_MIN_LEN = 5             # shorter words are too often real neighbours (cat/car, Iran/Iraq)
 FUZZY_LONG_LEN = 10           # from this length two edits still count as a typo
-FRAME_PREFIX_MAX_TOKENS = 12  # a leading "...:" clause this short may be a frame
-
-STOPWORDS = frozenset("""
-a an the of to in on at for from by with about as into over under and or but if then so than
-is are was were be been being am do does did doing has have had having it its this that these
-those there here what which who whom whose when where why how i me my you your he him his she
-her we us our they them their one s t can could would should will shall may might must just
-very too also any some each every such own same other only up out off again once more most
-""".split()) | frozenset(
-    # Russian, Arabic, Greek, Hindi, French, Spanish, German question/function words:
-    # without them two questions in these languages share most of their words whatever
-    # they ask. "не"/"لا"/"नहीं"/"nicht" flip a fact and stay content words.
-    "что это как какая какой какое какие каков кто где когда сколько ли в во на с со и а у к о "
-    "об по из за для от до есть является же бы "
-    "ما ماذا هي هو في من على إلى الى عن أن إن كم هل متى أين كيف لماذا التي الذي و أو هذا هذه "
-    "ποια ποιο ποιος ποιες τι ειναι η ο το οι τα τησ του των την τον και σε στο στη στην με απο "
-    "για να ποσα ποσεσ ποσοι "  # Greek as fold() leaves it: no accents, final sigma casefolded
-    "की का के है हैं क्या में से को और या होते होता होती कितने कितना कितनी कौन "
-    # French, Spanish, German (as fold() leaves them: no accents, ß -> ss), minus words that
-    # are also English content words (die, hat, den, son, hay, war).
-    "quelle quel quels quelles est la le les l de du des un une et ou en dans que qui quoi combien "
-    "il elle sont ce c d qu cual cuales es el los las del una y o como donde cuantos cuantas "
-    "por para se wie heisst ist der das dem des von im ein eine einer und oder welche "
-    "welcher welches wo wer wann warum wieviele viele haben sind es zu mit auf".split())
-# Words of instruction frames ("Answer this question: ...", "Think carefully, then tell
-# me: ..."). Hand-listed so that even a two-item file compares the questions, not their
-# wrappers; the corpus-derived template words cover everything else.
-FRAME_WORDS = frozenset("""
-answer question q a please reply respond response complete sentence fill blank finish write
-list name give tell short briefly brief word words quick using use message yes no
-think carefully careful step kindly simply say wondering wonder curious following task query
-prompt exactly correctly
-""".split())
-# Dropped from the near-exact sequence only: grammar that never changes which fact is
-# asked ("What is the capital of X" = "Capital of X"). Deliberately smaller than
-# STOPWORDS ("up"/"off", "before"/"after" must stay).
-GLUE_WORDS = frozenset("a an the is are am was were be been do does did what which who whats of please".split())
-# "not" and "never" flip a fact: they stay content words.
-
-# Function characters/words of unspaced scripts: a run is cut at them (longest first), so
-# "法国的首都是哪里" -> 法国 / 首都 and "日本の首都はどこですか" -> 日本 / 首都.
-_CJK_FUNCTION = sorted("""
-的 是 什么 哪里 哪儿 哪 吗 呢 了 在 有 个 多少 几 请 问 吧 啊 和 与 么 谁 怎么 为什么 这 那 这个 那个
-の は が を に で と も か へ や ね よ です ます ですか でしょう ありますか いくつ なん 何 どこ だれ 誰 この その あの
-""".split(), key=len, reverse=True)
-_CJK_FUNCTION_RE = re.compile("|".join(map(re.escape, _CJK_FUNCTION)))
-
-# ---------------------------------------------------------------------------------------
-# Unicode folding
-# ---------------------------------------------------------------------------------------
-
-# Invisible characters NFKC keeps: all format characters (category Cf: zero-width space and
-# joiners, soft hyphen, word joiner, BOM, bidi marks) plus these.
-_INVISIBLE_EXTRA = frozenset("\u034f\u115f\u1160\u3164\uffa0\u2800") | frozenset(map(chr, range(0xFE00, 0xFE10)))
-# Latin look-alikes from other scripts (Unicode confusables, the letters that pass for
-# Latin in ordinary fonts).
-_HOMOGLYPHS = {
-    **dict(zip("АВЕЅІЈКМНОРСТХУԚԜ", "ABESIJKMHOPCTXYQW")),          # Cyrillic capitals
-    **dict(zip("аеѕіјорсхуԁһԛԝӏ", "aesijopcxydhqwl")),               # Cyrillic small
-    **dict(zip("ΑΒΕΖΗΙΚΜΝΟΡΤΥΧ", "ABEZHIKMNOPTYX")),                 # Greek capitals
-    **dict(zip("οινκρυχα", "oivkpuxa")),                              # Greek small
-    **dict(zip("օսցհոզ", "oughnq")),                                  # Armenian small
-}
-# Latin letters that look like other Latin letters: always folded (no script question).
-_LATIN_LOOKALIKES = str.maketrans({
-    **dict(zip("ᴀʙᴄᴅᴇɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ", "abcdeghijklmnoprstuvwyz")),
-    "ı": "i", "ȷ": "j", "ɑ": "a", "ɡ": "g", "ℓ": "l",
-})
-_NON_LATIN_CONFUSABLE_SCRIPTS = ("CYRILLIC", "GREEK", "ARMENIAN")
-
-
-@lru_cache(maxsize=None)
-def _script(ch: str) -> str:
-    """First word of the character's Unicode name (LATIN, CYRILLIC, CJK, HIRAGANA, ...)."""
-    if ch.isascii():
-        return "LATIN" if ch.isalpha() else "COMMON"
-    name = unicodedata.name(ch, "")
-    return name.split(" ", 1)[0] if name else "UNKNOWN"
-
-
-def _fold_homoglyphs(text: str) -> str:
-    """Fold Cyrillic/Greek/Armenian look-alikes inside Latin words, and whole look-alike
-    words in mostly-Latin text; real Russian/Greek words stay untouched."""
-    scripts = Counter(_script(c) for c in text if c.isalpha())
-    latin_majority = scripts["LATIN"] > sum(scripts[s] for s in _NON_LATIN_CONFUSABLE_SCRIPTS)
-
-    def fold_word(m: re.Match) -> str:
-        word = m.group(0)
-        foreign = [c for c in word if _script(c) in _NON_LATIN_CONFUSABLE_SCRIPTS]
-        if not foreign:
-            return word
-        mixed = len(foreign) < len(word)
-        if mixed or (latin_majority and all(c in _HOMOGLYPHS for c in foreign)):
-            return "".join(_HOMOGLYPHS.get(c, c) for c in word)
-        return word
-
-    return re.sub(r"[^\W\d_]+", fold_word, text)
-
-
-def _strip_accents(text: str) -> str:
-    """Drop combining marks on Latin and Greek letters (Chișinău -> Chisinau); marks of
-    other scripts are letters' vowels (Devanagari) or change the letter (kana): kept."""
-    out, base = [], ""
-    for ch in unicodedata.normalize("NFD", text):
-        if unicodedata.combining(ch):
-            if _script(base) in ("LATIN", "GREEK"):
-                continue
-        else:
-            base = ch
-        out.append(ch)
-    return unicodedata.normalize("NFC", "".join(out))
-
-
-@lru_cache(maxsize=65536)
-def fold(text: str) -> str:
-    """Unicode-level canonical text: NFKC, invisible characters removed, homoglyphs and
-    accents folded, case folded, digits of every script ASCII, thousands separators gone."""
-    text = str(text)
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-        text = "".join(c for c in text if unicodedata.category(c) != "Cf" and c not in _INVISIBLE_EXTRA)
-        text = text.translate(_LATIN_LOOKALIKES)
-        text = _fold_homoglyphs(text)
-        text = _strip_accents(text)
-        text = "".join(str(unicodedata.decimal(c)) if unicodedata.category(c) == "Nd" and not c.isascii() else c
-                       for c in text)
-    text = text.casefold()
-    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
-
-
-# ---------------------------------------------------------------------------------------
-# Tokens
-# ---------------------------------------------------------------------------------------
-
-_APOS = "'\u2019\u2018`\u00b4\u02bc"
-_CONTRACTIONS = [
-    (re.compile(rf"\b(can)[{_APOS}]t\b|\b(can)(not)\b"), r"\1\2 not"),
-    (re.compile(rf"\bwon[{_APOS}]t\b"), "will not"),
-    (re.compile(rf"\bshan[{_APOS}]t\b"), "shall not"),
-    (re.compile(rf"n[{_APOS}]t\b"), " not"),
-    # Possessive and pronoun contractions carry no fact: Thailand's -> Thailand.
-    (re.compile(rf"[{_APOS}](?:s|re|m|ve|ll|d)\b"), ""),
-    (re.compile(rf"(?<=s)[{_APOS}](?!\w)"), ""),           # plural possessive: dogs' -> dogs
-]
-_UNSPACED_SCRIPTS = frozenset({"CJK", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA", "THAI", "LAO", "KHMER",
-                               "MYANMAR", "TIBETAN", "HALFWIDTH", "IDEOGRAPHIC"})
-
-
-def _is_word_char(ch: str) -> bool:
-    if ch.isascii():
-        return ch.isalnum()
-    return unicodedata.category(ch)[0] in "LNM"
-
-
-def _is_unspaced(ch: str) -> bool:
-    return not ch.isascii() and _script(ch) in _UNSPACED_SCRIPTS
-
-
-def _split_words(text: str) -> list[str]:
-    """Maximal runs of letters/digits/marks; a run changes token where it switches between
-    a spaced and an unspaced script ("iPhone是" -> iphone, 是)."""
-    out, cur, cur_unspaced = [], [], False
-    for ch in text:
-        if not _is_word_char(ch):
-            if cur:
-                out.append("".join(cur))
-                cur = []
-            continue
-        uns = _is_unspaced(ch) if not unicodedata.combining(ch) else cur_unspaced
-        if cur and uns != cur_unspaced:
-            out.append("".join(cur))
-            cur = []
-        cur.append(ch)
-        cur_unspaced = uns
-    if cur:
-        out.append("".join(cur))
-    return out
-
-
-@lru_cache(maxsize=65536)
-def _tokens(text: str) -> tuple:
-    t = fold(text)
-    for pat, rep in _CONTRACTIONS:
-        t = pat.sub(rep, t)
-    return tuple(_split_words(t))
-
-
-def tokens(text: str) -> list[str]:
-    """Surface tokens: folded text cut into words (unspaced-script runs kept whole)."""
-    return list(_tokens(str(text)))
-
-
-def normalize(text: str) -> str:
-    """Unicode-folded, lowercased, punctuation-free text with single spaces (the exact key).
-    Non-Latin text is kept: "Какая столица Франции?" -> "какая столица франции"."""
-    return " ".join(_tokens(str(text)))
-
-
-# ---------------------------------------------------------------------------------------
-# Canonical words: numbers, stemming, stopwords, unspaced scripts
-# ---------------------------------------------------------------------------------------
-
-_UNITS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen".split())}
-_TENS = {w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
-_TENS["fourty"] = 40  # the common misspelling
-_SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
-# Next to these, a lone "one" is the number, not the pronoun ("one plus one").
-_ARITHMETIC = frozenset("plus minus times multiplied divided add added subtract subtracted equals equal sum "
-                        "product squared and".split())
-
-
-def _is_number(tok: str) -> bool:
-    return tok.isdigit() or tok in _UNITS or tok in _TENS
-
-
-def _numbers_to_digits(toks: Sequence[str]) -> list[tuple[str, str]]:
-    """(as written, canonical) per token, spelled numbers as digits: "twenty four" -> 24,
-    "one hundred and five" -> 105, "four times four" -> 4 times 4. A single number word
-    keeps its written form beside the digit (("three", "3")): the content model decides on
-    the written form whether it is a frame word ("Give three examples"). A lone "one" stays
-    a word unless next to arithmetic or another number ("one sentence", "which one")."""
-    out, i, n = [], 0, len(toks)
-    while i < n:
-        tok = toks[i]
-        if tok not in _UNITS and tok not in _TENS:
-            out.append((tok, tok))
-            i += 1
-            continue
-        total, current, j, last = 0, 0, i, None
-        while j < n:
-            w = toks[j]
-            if w in _UNITS and last in (None, "tens", "scale"):
-                current += _UNITS[w]
-                last = "unit"
-            elif w in _TENS and last in (None, "scale"):
-                current += _TENS[w]
-                last = "tens"
-            elif w in _SCALES and last in ("unit", "tens"):
-                if _SCALES[w] == 100:
-                    current *= 100
-                else:
-                    total += current * _SCALES[w]
-                    current = 0
-                last = "scale"
-            elif w == "and" and last == "scale" and j + 1 < n and (toks[j + 1] in _UNITS or toks[j + 1] in _TENS):
-                pass
-            else:
-                break
-            j += 1
-        if j == i + 1 and tok == "one":
-            prev, nxt = (toks[i - 1] if i else ""), (toks[j] if j < n else "")
-            if not ({prev, nxt} & _ARITHMETIC or _is_number(prev) or _is_number(nxt)):
-                out.append((tok, tok))
-                i += 1
-                continue
-        digits = str(total + current)
-        out.append((tok if j == i + 1 else digits, digits))
-        i = j
-    return out
-
-
-def stem(word: str) -> str:
-    """Light English plural/verb-s stemmer, applied to both sides alike: dogs/dog -> dog,
-    cities/city -> city, boxes/box -> box, horses/horse -> hors. Conflation is the point;
-    the stems need not be words."""
-    if len(word) < 3 or not word.isascii() or not word.isalpha():
-        return word
-    if len(word) > 3:
-        if word.endswith("ies") and len(word) > 4:
-            word = word[:-3] + "y"
-        elif word.endswith(("sses", "ches", "shes", "xes", "zes", "oes")):
-            word = word[:-2]
-        elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
-            word = word[:-1]
-    if word.endswith("e") and len(word) > 2:
-        word = word[:-1]
-    return word
-
-
-def _stem_foreign(word: str) -> str:
-    # Arabic definite article: العاصمة = عاصمة ("the capital" = "capital").
-    if word.startswith("ال") and len(word) > 3:
-        return word[2:]
-    return word
-
-
-def _unspaced_pieces(run: str) -> list[str]:
-    """An unspaced-script run cut at function characters; pieces of 1-2 characters are
-    kept whole (most Chinese/Japanese words), longer pieces become character bigrams."""
-    out = []
-    for piece in _CJK_FUNCTION_RE.split(run):
-        if len(piece) <= 2:
-            out.extend([piece] if piece else [])
-        else:
-            out.extend(piece[k:k + 2] for k in range(len(piece) - 1))
-    return out
-
-
-def _canonical_pairs(toks: Sequence[str], drop: frozenset) -> list[tuple[str, str]]:
-    """(as written, canonical) per kept token: number words as digits, stemmed, `drop`
-    removed (checked before and after stemming, so "questions" and "answers" go too)."""
-    out = []
-    for surface, t in _numbers_to_digits(toks):
-        if _is_unspaced(t[0]):
-            out.extend((p, p) for p in _unspaced_pieces(t))
-            continue
-        if t in drop:
-            continue
-        # Stopwords kept here (near-exact key) stay as they are: "one" is not "on".
-        s = t if t in STOPWORDS else stem(t) if t.isascii() else _stem_foreign(t)
-        if s and s not in drop:
-            out.append((surface, s))
-    return out
-
-
-def _canonical(toks: Sequence[str], drop: frozenset) -> list[str]:
-    return [c for _, c in _canonical_pairs(toks, drop)]
-
-
-_CONTENT_DROP = STOPWORDS | FRAME_WORDS
-_EXACT_DROP = GLUE_WORDS | FRAME_WORDS
-_COLON = re.compile(r":(?!\d)")
-
-
-def _core_tokens(text: str) -> tuple | None:
-    """Tokens after a leading frame clause ("Think carefully, then tell me: X" -> X), or
-    None when there is none. Several clauses may stack ("Question: Please answer: X")."""
-    folded, core = fold(str(text)), None
-    for _ in range(3):
-        m = _COLON.search(folded)
-        if not m:
-            break
-        head, rest = folded[:m.start()], folded[m.end():]
-        if len(_split_words(head)) > FRAME_PREFIX_MAX_TOKENS or len(_tokens(rest)) < 2:
-            break
-        folded, core = rest, _tokens(rest)
-    return core
-
-
-def _marked(words: Iterable[str]) -> frozenset:
-    """A set where a repeated word gets an occurrence mark ("3", "3#2"), so that
-    "3 times 3" and "3 plus 4" do not look alike (a multiset, as arithmetic needs)."""
-    seen: Counter = Counter()
-    out = set()
-    for w in words:
-        seen[w] += 1
-        out.add(w if seen[w] == 1 else f"{w}#{seen[w]}")
-    return frozenset(out)
-
-
-@lru_cache(maxsize=65536)
-def _analysis(text: str) -> tuple:
-    """(exact key, near-exact key, content candidates of the full text, of the core view);
-    candidates are (as written, canonical) pairs minus stopwords and frame words."""
-    toks = _tokens(text)
-    exact = " ".join(toks) or "".join(fold(text).split())   # emoji-only text still has a key
-    canon = tuple(_canonical(toks, _EXACT_DROP))
-    full = tuple(_canonical_pairs(toks, _CONTENT_DROP))
-    core_toks = _core_tokens(text)
-    core = tuple(_canonical_pairs(core_toks, _CONTENT_DROP)) if core_toks is not None else full
-    return exact, canon, full, core
-
-
-def _base_words(text: str) -> frozenset:
-    """Content candidates of a text as written (stopwords and frame words removed), with
-    occurrence marks for repeats: what template words are decided on."""
-    return _marked(s for s, _ in _analysis(str(text))[2])
-
 
 # ---------------------------------------------------------------------------------------
 # Answers
@@ -500,8 +132,8 @@ def _answer_key(value) -> str:
     if re.fullmatch(r"[-+]?\d+(\.\d+)?", text):   # a number keeps its sign: -5 is not 5
         num = float(text)
         return str(int(num)) if num.is_integer() else str(num)
-    toks = _tokens(str(value))
-    return " ".join(_canonical(toks, frozenset({"a", "an", "the"})))
+    toks = token_tuple(str(value))
+    return " ".join(canonical(toks, frozenset({"a", "an", "the"})))
 
 
 def answers_of(item) -> frozenset:
@@ -536,7 +168,7 @@ def answers_overlap(a: frozenset, b: frozenset) -> bool:
     return False
 
 
-def _entries(items, source: str) -> list[dict]:
+def entries(items, source: str) -> list[dict]:
     """Uniform view of items (dicts with id/instruction/checks) or bare few-shot strings."""
     out = []
     for i, it in enumerate(items):
@@ -593,7 +225,7 @@ class ContentModel:
         self.n = len(texts)
         # Template words are decided on words as written ("colors" is not "color", "three"
         # in "Give three examples" is a frame word); matching then uses canonical forms.
-        written_df = Counter(w for t in texts for w in _base_words(t))
+        written_df = Counter(w for t in texts for w in base_words(t))
         self.template_cutoff = max(TEMPLATE_MIN_DF, TEMPLATE_DF_FRACTION * self.n)
         self.template_words = {w for w, c in written_df.items()
                                if c >= self.template_cutoff and not w.split("#")[0].isdigit()}
@@ -621,11 +253,11 @@ class ContentModel:
         return self._typo_of_dropped[w]
 
     def content(self, text: str) -> frozenset:
-        return self._strip(_analysis(str(text))[2])
+        return self._strip(analysis(str(text))[2])
 
     def views(self, text: str) -> tuple[frozenset, frozenset]:
         """Content words of the full text and of its core (leading frame clause removed)."""
-        _, _, full, core = _analysis(str(text))
+        _, _, full, core = analysis(str(text))
         return self._strip(full), self._strip(core)
 
     def _strip(self, pairs: tuple) -> frozenset:
@@ -634,12 +266,12 @@ class ContentModel:
         if pairs not in self._content_cache:
             seen: Counter = Counter()
             keep = []
-            for written, canonical in pairs:
+            for written, canonical_word in pairs:
                 seen[written] += 1
-                marked = written if seen[written] == 1 else f"{written}#{seen[written]}"
-                if marked not in self.template_words and not self._is_dropped_typo(written):
-                    keep.append(canonical)
-            self._content_cache[pairs] = _marked(keep)
+                occurrence = written if seen[written] == 1 else f"{written}#{seen[written]}"
+                if occurrence not in self.template_words and not self._is_dropped_typo(written):
+                    keep.append(canonical_word)
+            self._content_cache[pairs] = marked(keep)
         return self._content_cache[pairs]
 
     def weight(self, w: str) -> float:
@@ -685,7 +317,7 @@ def compare(eval_entries: list[dict], other_entries: list[dict], model: ContentM
     exact_index, canon_index = defaultdict(list), defaultdict(list)
     inverted, typo_index = defaultdict(set), defaultdict(set)
     for j, o in enumerate(other_entries):
-        exact, canon, _, _ = _analysis(o["instruction"])
+        exact, canon, _, _ = analysis(o["instruction"])
         o["_norm"] = exact
         o["_views"] = model.views(o["instruction"])
         if exact:
@@ -700,7 +332,7 @@ def compare(eval_entries: list[dict], other_entries: list[dict], model: ContentM
                 typo_index[d].add(w)
     flagged = []
     for e in eval_entries:
-        exact, canon, _, _ = _analysis(e["instruction"])
+        exact, canon, _, _ = analysis(e["instruction"])
         views = model.views(e["instruction"])
         seen = set()
         for key, index, how in ((exact, exact_index, "surface"), (canon, canon_index, "canonical")):
@@ -757,41 +389,32 @@ def _pair(e, o, kind, score, **extra) -> dict:
             "score": score, **extra, "eval_instruction": e["instruction"], "other_instruction": o["instruction"]}
 
 
-def find_leaks(train_items: Sequence, eval_items: Sequence, fewshot_instructions: Sequence = (),
-               reference: Sequence[str] | None = None) -> list[dict]:
+def find_leaks(train_items: Sequence, eval_items: Sequence, fewshot_instructions: Sequence = (), *,
+               reference: Sequence[str]) -> list[dict]:
     """Every eval item that duplicates or nearly duplicates a train item or a few-shot example.
 
     Items are dicts with `id`, `instruction` and (optionally) `checks`; few-shot examples may
     be plain strings (ids `fewshot-N`) or dicts. Template words and IDF come from the
-    unique union of these instructions and `reference` (default: the shipped corpus).
+    unique union of these instructions and the `reference` corpus (`()` for the inputs
+    alone; cai_lib.split passes the shipped instruction corpus).
     """
-    train = _entries(train_items, "train")
-    fewshot = _entries(fewshot_instructions, "fewshot")
-    evals = _entries(eval_items, "eval")
+    train = entries(train_items, "train")
+    fewshot = entries(fewshot_instructions, "fewshot")
+    evals = entries(eval_items, "eval")
     model = content_model([x["instruction"] for x in train + fewshot + evals], reference)
     return compare(evals, train + fewshot, model)
-
-
-@lru_cache(maxsize=1)
-def default_reference() -> tuple:
-    """The shipped instruction corpus (both pools + few-shot bank): the document
-    frequencies that decide template words. Using it for every check makes a sampled
-    split get exactly the decisions the pool-level split was built with."""
-    from .fewshot import all_fewshot_instructions
-    from .tasks import build_all
-    return tuple([it["instruction"] for it in build_all()] + list(all_fewshot_instructions()))
 
 
 @lru_cache(maxsize=4)
 def _known_words(reference: tuple) -> frozenset:
     """Every content word of the reference corpus, as written and canonical."""
-    return frozenset(w for t in reference for pair in _analysis(str(t))[2] for w in pair)
+    return frozenset(w for t in reference for pair in analysis(str(t))[2] for w in pair)
 
 
-def content_model(instructions: Iterable[str], reference: Sequence[str] | None = None) -> ContentModel:
-    """ContentModel over the unique (normalized) union of `instructions` and the reference
-    corpus (default: the shipped pools and few-shot bank; pass () for the files alone)."""
-    ref = default_reference() if reference is None else tuple(reference)
+def content_model(instructions: Iterable[str], reference: Sequence[str]) -> ContentModel:
+    """ContentModel over the unique (normalized) union of `instructions` and the `reference`
+    corpus (pass () for the instructions alone)."""
+    ref = tuple(reference)
     uniq = {}
     for t in list(ref) + list(instructions):
         uniq.setdefault(normalize(t), t)
@@ -803,114 +426,3 @@ def thresholds() -> dict:
             "near_containment": NEAR_CONTAINMENT, "near_jaccard": NEAR_JACCARD,
             "fuzzy_min_len": FUZZY_MIN_LEN, "fuzzy_long_len": FUZZY_LONG_LEN,
             "frame_prefix_max_tokens": FRAME_PREFIX_MAX_TOKENS}
-
-
-def overlap_report(train_path, eval_path, leaks: list[dict], *, n_train: int | None = None,
-                   n_eval: int | None = None, n_fewshot: int | None = None) -> dict:
-    """The data/overlap_report.json contract: hashes of both files, method, thresholds, counts
-    and every flagged pair (`flagged`)."""
-    kinds = Counter(x["kind"] for x in leaks)
-    return {
-        "train_file": Path(train_path).name, "eval_file": Path(eval_path).name,
-        "train_sha256": sha256_file(train_path), "eval_sha256": sha256_file(eval_path),
-        "method": METHOD, "thresholds": thresholds(),
-        "counts": {"train": n_train, "eval": n_eval, "fewshot": n_fewshot, "flagged": len(leaks),
-                   "exact": kinds.get("exact", 0), "near": kinds.get("near", 0),
-                   "eval_items_flagged": len({x["eval_id"] for x in leaks})},
-        "clean": not leaks,
-        "n_flagged": len(leaks),
-        "flagged": leaks,  # every flagged pair (report.py and the 01 notebook read these keys)
-    }
-
-
-def find_split_leaks(train: list[dict], evals: list[dict]) -> tuple[list[dict], int]:
-    """(leaks, size of the few-shot bank): eval items checked against train and every few-shot example."""
-    from .fewshot import all_fewshot_instructions
-    fewshot = all_fewshot_instructions()
-    return find_leaks(train, evals, fewshot), len(fewshot)
-
-
-def _read_items(path, role: str) -> list[dict]:
-    """A train/eval JSONL file for `cai leakage`: non-empty, every instruction a non-blank string."""
-    lines: list[int] = []
-    rows = read_jsonl(path, required=("instruction",), line_numbers=lines)
-    if not rows:
-        raise CaiError(f"{path}: the {role} file holds no items — an empty {role} set cannot be checked "
-                       f"for leakage; pass the JSONL file with the {role} instructions")
-    for row, line in zip(rows, lines):
-        ins = row["instruction"]
-        if not isinstance(ins, str) or not ins.strip():
-            raise CaiError(f"{path}:{line}: field 'instruction' is {'blank' if isinstance(ins, str) else type(ins).__name__}"
-                           f" — every item needs the instruction text")
-    return rows
-
-
-def check_files(train_path, eval_path) -> tuple[list[dict], dict]:
-    """Read both files, find leaks (few-shot bank included) and build the report."""
-    train = _read_items(train_path, "train")
-    evals = _read_items(eval_path, "eval")
-    leaks, n_fewshot = find_split_leaks(train, evals)
-    return leaks, overlap_report(train_path, eval_path, leaks, n_train=len(train), n_eval=len(evals),
-                                 n_fewshot=n_fewshot)
-
-
-def verify_eval_set(run_paths) -> dict:
-    """Refuse evaluation unless stage 01's files and report agree and show no leak."""
-    rp = run_paths
-    fix = "run stage 01 (cai run --stages 01) or pass the train file"
-    if not Path(rp.train_instructions).exists():
-        raise CaiError(f"{rp.train_instructions}: train instructions missing, so the eval set cannot be checked for leakage — {fix}")
-    if not Path(rp.eval_instructions).exists():
-        raise CaiError(f"{rp.eval_instructions}: eval instructions missing — {fix}")
-    if not Path(rp.overlap_report).exists():
-        raise CaiError(f"{rp.overlap_report}: overlap report missing — {fix}")
-    report = read_json(rp.overlap_report)
-    for key, path in (("train_sha256", rp.train_instructions), ("eval_sha256", rp.eval_instructions)):
-        if report.get(key) != sha256_file(path):
-            raise CaiError(f"{rp.overlap_report}: {key} does not match {Path(path).name} (the file changed after the check) — {fix}")
-    if not report_is_clean(report):
-        n = report.get("n_flagged", len(report.get("flagged") or []))
-        raise CaiError(f"{rp.overlap_report}: the eval set leaks ({n} flagged pair(s)) — rebuild the split: {fix}", exit_code=2)
-    return report
-
-
-def report_is_clean(report: dict) -> bool:
-    """The one rule for "this overlap report shows no leak" (stage 03 refuses otherwise, the gate fails)."""
-    return report.get("clean") is True and not report.get("flagged") and not report.get("n_flagged")
-
-
-def _check_report_path(report, inputs) -> Path:
-    """`--report` must name a file we may write, not a folder or one of the inputs."""
-    path = Path(report)
-    if path.is_dir():
-        raise CaiError(f"{path}: --report is a folder — pass a file path such as {path / 'overlap_report.json'}")
-    if any(path.exists() and Path(p).exists() and path.resolve() == Path(p).resolve() for p in inputs):
-        raise CaiError(f"{path}: --report would overwrite an input file — pass another path")
-    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise CaiError(f"{path}: --report cannot be written ({parent} is a file, not a folder) — pass a writable path")
-    return path
-
-
-def _write_report(path: Path, rep: dict) -> None:
-    try:
-        write_json(path, rep)
-    except OSError as exc:
-        raise CaiError(f"{path}: cannot write the report ({exc.strerror or exc}) — pass a writable file path") from None
-
-
-def leakage_cli(train, eval, report=None) -> int:
-    """`cai leakage`: 0 clean, 2 leak (pairs printed), 1 unreadable input (CaiError)."""
-    import json
-    for p in (train, eval):
-        if not Path(p).is_file():
-            raise CaiError(f"{p}: file not found — pass the train and eval JSONL files", exit_code=1)
-    report_path = _check_report_path(report, (train, eval)) if report else None
-    leaks, rep = check_files(train, eval)
-    if report_path is not None:
-        _write_report(report_path, rep)
-    print(json.dumps({k: rep[k] for k in ("counts", "thresholds", "clean")}, indent=2))
-    for x in leaks[:20]:
-        print(f"LEAK {x['kind']} {x['eval_id']} ~ {x['other_id']} ({x['source']}, score {x['score']}): "
-              f"{x['eval_instruction']!r} ~ {x['other_instruction']!r}")
-    return 2 if leaks else 0

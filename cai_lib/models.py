@@ -339,17 +339,32 @@ def _load_transformers(folder: Path, torch_dtype, qcfg, trust_remote_code: bool)
     return model, tok
 
 
+def unsloth_load_error(exc: Exception, folder: Path) -> Exception:
+    """Unsloth's known refusals as one line with the fix; anything else unchanged.
+
+    Seen at Qwen2.5-32B shape (2026-12-03): a tokenizer whose pad token is its EOS and whose
+    vocabulary has no spare pad token (Qwen's has <|vision_pad|>) makes Unsloth raise."""
+    text = str(exc)
+    if "valid pad token" in text:
+        return CaiError(f"{folder}: Unsloth found no usable pad token (the tokenizer pads with its EOS and has no "
+                        "spare pad token) - add a pad token to the tokenizer folder, or set backend: transformers")
+    return exc
+
+
 def _load_unsloth(folder: Path, torch_dtype, quantization: str, trust_remote_code: bool, purpose: str):
     # Imported here: unsloth patches transformers on import and needs CUDA.
     from unsloth import FastLanguageModel  # type: ignore
 
-    model, tok = FastLanguageModel.from_pretrained(
-        model_name=str(folder),
-        dtype=torch_dtype,
-        load_in_4bit=quantization == "4bit",
-        load_in_8bit=quantization == "8bit",
-        trust_remote_code=trust_remote_code,
-    )
+    try:
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=str(folder),
+            dtype=torch_dtype,
+            load_in_4bit=quantization == "4bit",
+            load_in_8bit=quantization == "8bit",
+            trust_remote_code=trust_remote_code,
+        )
+    except RuntimeError as exc:
+        raise unsloth_load_error(exc, folder) from exc
     # For multimodal-capable families unsloth may return a processor; the guard needs the text tokenizer.
     tok = getattr(tok, "tokenizer", tok)
     if purpose == "generate":

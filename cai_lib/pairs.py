@@ -66,22 +66,25 @@ model the same batches as an uninterrupted one (left padding can change greedy o
 with batch composition). Few-shot examples come from a per-(item, step) seeded RNG, so
 rotation does not depend on order or resume either; their ids are stored per row for
 the leakage guard.
+
+Here: the strategies (one function each) and pair assembly. The generation steps are
+cai_lib.pair_generation, the self_consistency vote cai_lib.pair_vote, and the measures and
+data/pair_stats.json cai_lib.pair_stats.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import re
-import time
-from collections import Counter, defaultdict
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
-from . import prompts
+from .diagnostics import rebalance_pairs
 from .errors import CaiError
-from .diagnostics import answer_class, pair_skew, rebalance_pairs, truth_class
-from .jsonl import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
-from .scoring import is_empty, score_record, word_count
+from .jsonl import write_json, write_jsonl
+from .pair_generation import (GenerationStore, cut_answer, default_generate, default_rotate, default_sample,
+                              run_sample_step, run_step, score_answer)
+from .pair_stats import REASONS, count_words, is_eos_immediately, length_only_kind, pair_diagnostics, word_edit_distance
+from .pair_vote import candidates, vote, vote_record, wrong_samples
+from .text import squash_spaces
 
 STRATEGIES = ("format_distillation", "critique_revision", "self_consistency")
 # Steps are named by what they generate, not by strategy, so both strategies share the
@@ -91,331 +94,12 @@ STEPS = {
     "critique_revision": ("response", "critique", "revision"),
     "self_consistency": ("response", "sample", "raw"),
 }
-REASONS = ("chosen_empty", "chosen_unfinished", "chosen_fails_strict", "rejected_empty", "identical",
-           "rejected_passes_strict", "rebalanced")
 PAIR_TYPES = ("raw_continuation", "revision", "wrong_sample", "empty_rejected")
-GEN_FIELDS = ("item_id", "step", "prompt", "response", "finish_reason")
-
-
-# ---- small text helpers -----------------------------------------------------------------
-
-def _ws(text: str) -> str:
-    return " ".join(text.split())
-
-
-count_words = word_count  # the design's word, as the scorer counts it
-
-
-def word_edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance over whitespace tokens (punctuation stays on its word)."""
-    x, y = a.split(), b.split()
-    prev = list(range(len(y) + 1))
-    for i, xi in enumerate(x, 1):
-        cur = [i] + [0] * len(y)
-        for j, yj in enumerate(y, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (xi != yj))
-        prev = cur
-    return prev[-1]
-
-
-def length_only_kind(chosen: str, rejected: str) -> str | None:
-    """How two texts differ only by length, or None when their words differ.
-
-    Compared as word sequences (lower-cased, punctuation dropped, whitespace collapsed),
-    so "Lima is the capital of Peru." counts as a trim of "Lima is the capital of Peru
-    and a big city." Kinds: ``same_words`` (only case/punctuation/whitespace differ);
-    ``chosen_prefix`` (rejected = chosen + more: it ran on past where chosen stopped —
-    format_distillation's intended "learn to stop" signal); ``chosen_within`` (chosen is
-    a run of rejected's words, not at its start); ``rejected_within`` (chosen = rejected
-    + more words). A high share of trims in critique_revision means the "revision" only
-    shortens (the replaced system "improved" answers by shortening them).
-    """
-    c, r = prompts.normalize(chosen), prompts.normalize(rejected)
-    if not c or not r:
-        return None
-    if c == r:
-        return "same_words"
-    if r.startswith(c + " "):
-        return "chosen_prefix"
-    if f" {c} " in f" {r} ":
-        return "chosen_within"
-    if f" {r} " in f" {c} ":
-        return "rejected_within"
-    return None
-
-
-def _score(item: dict, text: str, finish_reason: str) -> dict:
-    rec = {k: item[k] for k in ("id", "type", "instruction", "checks")}
-    rec.update(response=text, finish_reason=finish_reason)
-    s = score_record(rec)
-    return {"strict": bool(s["strict"]), "loose": bool(s["loose"]), "form": bool(s["form"]),
-            "failures": list(s.get("failures", []))}
-
-
-def _cut_answer(row: dict, step: str) -> tuple[str, str]:
-    """(answer text, finish_reason) of a framed generation, cut at the frame's stops."""
-    text, hit = prompts.cut_at_stop(row["response"], prompts.stop_strings(step))
-    fr = "stop" if hit or row["finish_reason"] == "stop" else row["finish_reason"]
-    return text.strip(), fr
-
-
-# ---- generation store -------------------------------------------------------------------
-
-class _Store:
-    """Rows of data/generations.jsonl by (item_id, step); appends survive interruption."""
-
-    def __init__(self, path):
-        self.path = path
-        self.rows: dict[tuple[str, str], dict] = {}
-        if path.exists():
-            repair_torn_tail(path)  # a kill mid-append leaves a partial last line
-            for row in read_jsonl(path, required=GEN_FIELDS, tolerate_torn_tail=True):
-                self.rows.setdefault((row["item_id"], row["step"]), row)
-
-    def get(self, item_id: str, step: str) -> dict | None:
-        return self.rows.get((item_id, step))
-
-    def add(self, rows: list[dict]) -> None:
-        append_jsonl(self.path, rows)
-        for row in rows:
-            self.rows[(row["item_id"], row["step"])] = row
-
-
-def _default_generate(*args, **kwargs):
-    from .generate import generate  # lazy: torch-heavy module
-    return generate(*args, **kwargs)
-
-
-def _default_rotate(*args, **kwargs):
-    from .fewshot import rotate
-    return rotate(*args, **kwargs)
-
-
-def _request(item: dict, step: str, store: _Store, k: int, seed: int, rotate_fn) -> tuple[str, list[str]]:
-    """(prompt, few-shot ids) for one item's step; earlier steps' rows come from `store`."""
-    if step == "raw":
-        return prompts.format_prompt(item["instruction"], "raw"), []
-    examples = prompts.rotate_excluding(rotate_fn, item["type"], step, k,
-                                        prompts.item_rng(seed, item["id"], step), item["instruction"])
-    if step == "response":
-        return prompts.response_frame(item["instruction"], examples), prompts.fewshot_ids(examples)
-    answer, _ = _cut_answer(store.get(item["id"], "response"), "response")
-    if step == "critique":
-        return prompts.critique_frame(item["instruction"], answer, examples), prompts.fewshot_ids(examples)
-    critique, _ = _cut_answer(store.get(item["id"], "critique"), "critique")
-    return prompts.revision_frame(item["instruction"], answer, critique, examples), prompts.fewshot_ids(examples)
-
-
-def _run_step(step, items, store, *, loaded, gen, rotate_fn, cfg, max_new_tokens, progress, timing):
-    stops = prompts.stop_strings(step)
-    bs = max(1, int(cfg.gen_batch_size))
-    t = timing.setdefault(step, {"generated": 0, "resumed": 0, "new_tokens": 0, "wall_s": 0.0})
-    requests = []
-    for it in items:
-        prompt, ids = _request(it, step, store, cfg.n_fewshot, cfg.seed, rotate_fn)
-        have = store.get(it["id"], step)
-        if have is not None and (have["prompt"] != prompt or have.get("max_new_tokens") != max_new_tokens):
-            raise CaiError(
-                f"{store.path}: the stored {step!r} generation for item {it['id']!r} was made with a different "
-                "prompt or max_new_tokens — delete that file (or use a new --run-id) to regenerate"
-            )
-        requests.append((it, prompt, ids))
-    # Longest prompts first (less padding per batch, as generate() does within a call);
-    # the order and the batch slices depend only on the prompts, so a resumed run sees
-    # the same batches as an uninterrupted one.
-    order = sorted(range(len(requests)), key=lambda i: (-len(requests[i][1]), i))
-    chunks = [[requests[i] for i in order[j:j + bs]] for j in range(0, len(order), bs)]
-    bar = None
-    if progress:
-        from tqdm import tqdm  # text bars: they render in the executed notebook and its HTML
-        bar = tqdm(total=len(chunks), desc=f"pairs:{step}")
-    try:
-        for chunk in chunks:
-            todo = [r for r in chunk if store.get(r[0]["id"], step) is None]
-            t["resumed"] += len(chunk) - len(todo)
-            if todo:
-                t0 = time.perf_counter()
-                outs = gen(getattr(loaded, "model", None), getattr(loaded, "tokenizer", None), [p for _, p, _ in todo],
-                           max_new_tokens=max_new_tokens, batch_size=bs, stop=stops or None,
-                           progress=False, desc=f"pairs:{step}")
-                t["wall_s"] += time.perf_counter() - t0
-                if len(outs) != len(todo):
-                    raise CaiError(f"generate returned {len(outs)} records for {len(todo)} prompts — a bug in generate")
-                rows = []
-                for (it, prompt, ids), out in zip(todo, outs):
-                    rows.append({
-                        "item_id": it["id"], "step": step, "type": it["type"], "prompt": prompt,
-                        "response": out["response"], "finish_reason": out["finish_reason"],
-                        "prompt_tokens": out.get("prompt_tokens"), "new_tokens": out.get("new_tokens"),
-                        "seconds": out.get("seconds"), "fewshot_ids": ids,
-                        "max_new_tokens": max_new_tokens, "stop": stops,
-                    })
-                    t["generated"] += 1
-                    t["new_tokens"] += int(out.get("new_tokens") or 0)
-                store.add(rows)  # whole batch appended at once: resume never splits a batch
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-# ---- self-consistency: sampled answers and the vote ------------------------------------
-
-def _default_sample(*args, **kwargs):
-    from .sampling import sample_generate  # lazy: torch-heavy module
-    return sample_generate(*args, **kwargs)
-
-
-def _slice_seed(seed: int, ids: Sequence[str]) -> int:
-    """A seed for one slice of items: depends on the run seed and the slice's ids only."""
-    import hashlib
-    return int.from_bytes(hashlib.sha256(f"{seed}:{','.join(ids)}".encode()).digest()[:4], "big")
-
-
-def _run_sample_step(items, store, *, loaded, sample_fn, cfg, max_new_tokens, rotate_fn, progress, timing):
-    """k sampled answers per item to its response-step prompt, stored as one row per item."""
-    step, k, temp = "sample", int(cfg.pair_sc_k), float(cfg.pair_sc_temperature)
-    stops = prompts.stop_strings("response")
-    t = timing.setdefault(step, {"generated": 0, "resumed": 0, "new_tokens": 0, "wall_s": 0.0})
-    requests = []
-    for it in items:
-        prompt, _ = _request(it, "response", store, cfg.n_fewshot, cfg.seed, rotate_fn)
-        have = store.get(it["id"], step)
-        if have is not None and (have["prompt"] != prompt or have.get("max_new_tokens") != max_new_tokens
-                                 or have.get("k") != k or have.get("temperature") != temp):
-            raise CaiError(f"{store.path}: the stored sampled answers for item {it['id']!r} were made with another "
-                           "prompt, max_new_tokens, pair_sc_k or pair_sc_temperature — delete that file (or use a "
-                           "new --run-id) to regenerate")
-        requests.append((it, prompt))
-    per_call = max(1, int(cfg.gen_batch_size) // k)  # rows per call = prompts x k
-    order = sorted(range(len(requests)), key=lambda i: (-len(requests[i][1]), i))
-    chunks = [[requests[i] for i in order[j:j + per_call]] for j in range(0, len(order), per_call)]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(chunks), desc="pairs:sample")
-    try:
-        for chunk in chunks:
-            if all(store.get(it["id"], step) is not None for it, _ in chunk):
-                t["resumed"] += len(chunk)
-            else:  # a chunk is stored whole, so a resumed run never re-draws part of one
-                seed = _slice_seed(cfg.seed, [it["id"] for it, _ in chunk])
-                t0 = time.perf_counter()
-                outs = sample_fn(getattr(loaded, "model", None), getattr(loaded, "tokenizer", None),
-                                 [p for _, p in chunk], k=k, temperature=temp, max_new_tokens=max_new_tokens,
-                                 stop=stops, seed=seed)
-                t["wall_s"] += time.perf_counter() - t0
-                if len(outs) != len(chunk) or any(len(o) != k for o in outs):
-                    raise CaiError("sample_generate returned the wrong number of samples — a bug in sampling")
-                rows = []
-                for (it, prompt), samples in zip(chunk, outs):
-                    rows.append({"item_id": it["id"], "step": step, "type": it["type"], "prompt": prompt,
-                                 "response": "", "finish_reason": "", "samples": samples, "k": k,
-                                 "temperature": temp, "seed": seed, "max_new_tokens": max_new_tokens, "stop": stops})
-                    t["generated"] += 1
-                    t["new_tokens"] += sum(int(x.get("new_tokens") or 0) for x in samples)
-                store.add(rows)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _candidates(item: dict, greedy: str, greedy_fr: str, sample_row: dict | None) -> list[dict]:
-    """The greedy answer and each sample, cut at the frame's stops and scored."""
-    cands = [{"source": "greedy", "index": 0, "text": greedy, "fr": greedy_fr, "score": _score(item, greedy, greedy_fr)}]
-    for j, smp in enumerate((sample_row or {}).get("samples", []), 1):
-        text, fr = _cut_answer(smp, "response")
-        cands.append({"source": f"sample{j - 1}", "index": j, "text": text, "fr": fr, "score": _score(item, text, fr)})
-    return cands
-
-
-def answer_key(item: dict, text: str) -> str:
-    """What two answers must share to count as the same vote: the yes/no or the number
-    when the item's checks ask for one, else the normalised text."""
-    tc = truth_class(item)
-    if tc is not None:
-        return f"{tc[0]}:{answer_class(tc[0], text)}"
-    return "text:" + prompts.normalize(text)
-
-
-def _verified(c: dict) -> bool:
-    return c["score"]["strict"] and c["fr"] != "length" and bool(c["text"].strip())
-
-
-def vote(item: dict, candidates: Sequence[dict]) -> dict:
-    """The verified answer most candidates agree on (deterministic ties), with the tally.
-
-    Verified = passes strict (every check and detector) and finished. Groups are verified
-    candidates by `answer_key`; the largest group wins; a tie goes to the group holding the
-    greedy answer, then to the group whose first member came earliest. The winner's text is
-    the greedy answer when it is in the group, else the group's earliest sample.
-    `agreement` is the winner's share of all finished candidates (right or wrong)."""
-    candidates = sorted(candidates, key=lambda c: c["index"])  # the order given never decides the vote
-    finished = [c for c in candidates if c["fr"] != "length"]
-    tally = Counter(answer_key(item, c["text"]) for c in finished)
-    groups: dict[str, list[dict]] = {}
-    for c in candidates:
-        if _verified(c):
-            groups.setdefault(answer_key(item, c["text"]), []).append(c)
-    if not groups:
-        return {"chosen": None, "key": None, "tally": dict(tally), "n_verified": 0, "n_finished": len(finished),
-                "candidates": list(candidates)}
-    key = min(groups, key=lambda g: (-len(groups[g]), groups[g][0]["index"] != 0, groups[g][0]["index"]))
-    chosen = groups[key][0]  # candidates are in index order, so greedy (index 0) comes first
-    return {"chosen": chosen, "key": key, "tally": dict(tally), "n_verified": sum(len(g) for g in groups.values()),
-            "n_finished": len(finished), "votes": len(groups[key]),
-            "agreement": round(tally[key] / len(finished), 4) if finished else None,
-            "plurality_is_chosen": bool(tally) and max(tally.values()) == tally[key],
-            "candidates": list(candidates)}
-
-
-def _vote_record(v: dict) -> dict:
-    return {k: v.get(k) for k in ("key", "votes", "n_verified", "n_finished", "agreement", "plurality_is_chosen")} | {
-        "chosen_source": v["chosen"]["source"] if v.get("chosen") else None,
-        "greedy_verified": _verified(v["candidates"][0]) if v.get("candidates") else None}
-
-
-def length_ratio(chosen: str, rejected: str) -> float:
-    """chosen words / rejected words (an empty rejected counts as one word)."""
-    return count_words(chosen) / max(1, count_words(rejected))
-
-
-def is_length_matched(chosen: str, rejected: str, tolerance: float = 0.3) -> bool:
-    """Rejected's word count within ±tolerance of chosen's (both non-empty)."""
-    c, r = count_words(chosen), count_words(rejected)
-    return c > 0 and r > 0 and abs(r - c) <= tolerance * c
-
-
-def wrong_samples(v: dict, chosen: str, n: int, tolerance: float = 0.3) -> list[dict]:
-    """Up to n finished, verified-wrong candidates to pair against `chosen`: length-matched
-    ones first, closest in length first; distinct texts; an EOS-immediately one last."""
-    if n <= 0:
-        return []
-    seen = {_ws(chosen)}
-    out = []
-    wrong = [c for c in v.get("candidates", []) if c["fr"] != "length" and not c["score"]["strict"]]
-
-    def rank(c):
-        empty = is_eos_immediately(c["text"], c["fr"])
-        ratio = abs(math.log(max(1, count_words(c["text"])) / max(1, count_words(chosen))))
-        return (empty, not is_length_matched(chosen, c["text"], tolerance), ratio, c["index"])
-
-    for c in sorted(wrong, key=rank):
-        if _ws(c["text"]) in seen:
-            continue
-        seen.add(_ws(c["text"]))
-        out.append(c)
-        if len(out) == n:
-            break
-    return out
 
 
 # ---- pair assembly ----------------------------------------------------------------------
 
-def _new_tokens(store: _Store, item: dict, steps) -> dict:
+def _new_tokens(store: GenerationStore, item: dict, steps) -> dict:
     """Generation metadata kept on a pair: new tokens per step (before cutting)."""
     return {s: store.get(item["id"], s).get("new_tokens") for s in steps}
 
@@ -437,11 +121,6 @@ def _chosen_reasons(chosen: str, fr: str, score: dict) -> list[str]:
     return reasons
 
 
-def is_eos_immediately(text: str, finish_reason: str) -> bool:
-    """The model ended its answer before writing a word (scoring's `empty` detector, and it stopped)."""
-    return finish_reason in ("eos", "stop") and is_empty(text)
-
-
 def _make_pair(item, strategy, chosen, ch_fr, ch_score, rejected, rj_fr, *, fewshot, extra,
                keep_if_rejected_passes=False, pair_type="raw_continuation") -> dict | tuple:
     reasons = []
@@ -451,11 +130,11 @@ def _make_pair(item, strategy, chosen, ch_fr, ch_score, rejected, rj_fr, *, fews
         pair_type = "empty_rejected"  # stopping at once (no word written) is the failure this pair shows
     elif not rejected.strip():
         reasons.append("rejected_empty")
-    elif _ws(chosen) == _ws(rejected):
+    elif squash_spaces(chosen) == squash_spaces(rejected):
         reasons.append("identical")
     if reasons:
         return ("drop", reasons)
-    rj_score = _score(item, rejected, rj_fr)
+    rj_score = score_answer(item, rejected, rj_fr)
     if rj_score["strict"] and not keep_if_rejected_passes:
         return ("drop", ["rejected_passes_strict"])
     return {
@@ -488,6 +167,146 @@ def trl_record(pair: dict, leading_space: bool) -> dict:
             "chosen_answer": pair["chosen"], "rejected_answer": pair["rejected"]}
 
 
+@dataclass
+class _Build:
+    """One build_pairs call: the generations so far, the settings, and the pairs / drops made."""
+    strategy: str
+    items: list
+    cfg: Any
+    store: GenerationStore
+    run: dict  # run_step's keyword arguments
+    answers: dict = field(default_factory=dict)  # item id -> the response step's (cut answer, finish_reason)
+    fewshot: dict = field(default_factory=dict)  # item id -> few-shot ids per step
+    pairs: list = field(default_factory=list)
+    dropped: list = field(default_factory=list)
+
+    @property
+    def keep_if_rejected_passes(self) -> bool:
+        return bool(getattr(self.cfg, "pair_keep_if_rejected_passes", False))
+
+    def add(self, item: dict, out, **drop_fields) -> None:
+        """A pair from `_make_pair`, or its drop (with `drop_fields` for the report)."""
+        if isinstance(out, tuple):
+            self.dropped.append(_drop(item, self.strategy, out[1], **drop_fields))
+        else:
+            self.pairs.append(out)
+
+
+def _greedy_chosen(b: _Build, item: dict):
+    """(chosen, finish_reason, score) from the framed greedy answer, or None (drop recorded)."""
+    greedy, g_fr = b.answers[item["id"]]
+    score = score_answer(item, greedy, g_fr)
+    reasons = _chosen_reasons(greedy, g_fr, score)
+    if reasons:
+        b.dropped.append(_drop(item, b.strategy, reasons, chosen=greedy, chosen_finish_reason=g_fr,
+                               failures=score["failures"]))
+        return None
+    return greedy, g_fr, score
+
+
+def _raw_continuation_pair(b: _Build, item: dict, chosen: tuple, extra: dict) -> None:
+    """chosen against the raw instruction's continuation, uncut: what evaluation sees."""
+    text, fr, score = chosen
+    raw = b.store.get(item["id"], "raw")
+    rejected = raw["response"].strip()
+    b.add(item, _make_pair(item, b.strategy, text, fr, score, rejected, raw["finish_reason"],
+                           fewshot=b.fewshot[item["id"]], extra=extra,
+                           keep_if_rejected_passes=b.keep_if_rejected_passes),
+          chosen=text, rejected=rejected)
+
+
+def _format_distillation(b: _Build) -> None:
+    """chosen = the framed greedy answer; rejected = the raw continuation."""
+    chosen_of = {}
+    for it in b.items:
+        chosen = _greedy_chosen(b, it)
+        if chosen is not None:
+            chosen_of[it["id"]] = chosen
+    alive = [it for it in b.items if it["id"] in chosen_of]
+    run_step("raw", alive, b.store, **b.run)
+    for it in alive:
+        _raw_continuation_pair(b, it, chosen_of[it["id"]],
+                               {"new_tokens": _new_tokens(b.store, it, STEPS[b.strategy])})
+
+
+def _self_consistency(b: _Build, sample_fn: Callable) -> None:
+    """chosen = the voted verified answer (else the greedy one); rejected = the raw
+    continuation, plus up to pair_sc_max_wrong verified-wrong samples."""
+    r = b.run
+    run_sample_step(b.items, b.store, loaded=r["loaded"], sample_fn=sample_fn, cfg=b.cfg,
+                    max_new_tokens=r["max_new_tokens"], rotate_fn=r["rotate_fn"], progress=r["progress"],
+                    timing=r["timing"])
+    votes, chosen_of = {}, {}
+    for it in b.items:
+        greedy, g_fr = b.answers[it["id"]]
+        votes[it["id"]] = vote(it, candidates(it, greedy, g_fr, b.store.get(it["id"], "sample")))
+        won = votes[it["id"]]["chosen"]
+        chosen = (won["text"], won["fr"], won["score"]) if won is not None else _greedy_chosen(b, it)
+        if chosen is not None:
+            chosen_of[it["id"]] = chosen
+    alive = [it for it in b.items if it["id"] in chosen_of]
+    run_step("raw", alive, b.store, **b.run)
+    for it in alive:
+        chosen, fr, ch_score = chosen_of[it["id"]]
+        extra = {"new_tokens": _new_tokens(b.store, it, STEPS[b.strategy]), "vote": vote_record(votes[it["id"]])}
+        _raw_continuation_pair(b, it, chosen_of[it["id"]], extra)
+        for wrong in wrong_samples(votes[it["id"]], chosen, b.cfg.pair_sc_max_wrong, b.cfg.pair_sc_length_tolerance):
+            out = _make_pair(it, b.strategy, chosen, fr, ch_score, wrong["text"], wrong["fr"],
+                             fewshot=b.fewshot[it["id"]], extra={**extra, "rejected_source": wrong["source"]},
+                             keep_if_rejected_passes=False, pair_type="wrong_sample")
+            b.add(it, out, chosen=chosen, rejected=wrong["text"])  # e.g. identical after whitespace: dropped
+
+
+def _critique_revision(b: _Build) -> None:
+    """chosen = the revision of the framed answer after its critique; rejected = that answer."""
+    alive = []
+    for it in b.items:
+        original, _ = b.answers[it["id"]]
+        if not original:
+            b.dropped.append(_drop(it, b.strategy, ["rejected_empty"], rejected=original))
+        else:
+            alive.append(it)
+    run_step("critique", alive, b.store, **b.run)
+    run_step("revision", alive, b.store, **b.run)
+    for it in alive:
+        original, o_fr = b.answers[it["id"]]
+        critique, _ = cut_answer(b.store.get(it["id"], "critique"), "critique")
+        rev_row = b.store.get(it["id"], "revision")
+        chosen, fr = cut_answer(rev_row, "revision")
+        score = score_answer(it, chosen, fr)
+        reasons = _chosen_reasons(chosen, fr, score)
+        if reasons:
+            b.dropped.append(_drop(it, b.strategy, reasons, chosen=chosen, chosen_finish_reason=fr,
+                                   rejected=original, critique=critique, failures=score["failures"]))
+            continue
+        ids = dict(b.fewshot[it["id"]])
+        ids["critique"] = b.store.get(it["id"], "critique").get("fewshot_ids", [])
+        ids["revision"] = rev_row.get("fewshot_ids", [])
+        out = _make_pair(it, b.strategy, chosen, fr, score, original, o_fr, fewshot=ids,
+                         extra={"critique": critique, "new_tokens": _new_tokens(b.store, it, STEPS[b.strategy])},
+                         keep_if_rejected_passes=b.keep_if_rejected_passes, pair_type="revision")
+        b.add(it, out, chosen=chosen, rejected=original, critique=critique)
+
+
+def _check_items(items: list) -> None:
+    seen = set()
+    for it in items:
+        missing = [k for k in ("id", "type", "instruction", "checks") if k not in it]
+        if missing:
+            raise CaiError(f"train item {it.get('id', '?')!r}: missing field {missing[0]!r} — regenerate the train items")
+        if it["id"] in seen:
+            raise CaiError(f"train items: duplicate id {it['id']!r} — ids must be unique (generation is keyed by id)")
+        seen.add(it["id"])
+
+
+def _rebalance(b: _Build) -> None:
+    """cfg.pair_balance: drop pairs (seeded, reason "rebalanced") until no answer class is over-represented."""
+    by_id = {it["id"]: it for it in b.items}
+    b.pairs, removed = rebalance_pairs(b.pairs, b.items, tolerance=b.cfg.pair_balance_tolerance, seed=b.cfg.seed)
+    b.dropped += [_drop(by_id[p["item_id"]], b.strategy, ["rebalanced"], chosen=p["chosen"], rejected=p["rejected"],
+                        pair_type=p["pair_type"]) for p in removed]
+
+
 def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | None = None,
                 generate_fn: Callable | None = None, rotate_fn: Callable | None = None,
                 sample_fn: Callable | None = None, progress: bool = True) -> tuple[list[dict], list[dict]]:
@@ -503,284 +322,27 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
     if strategy not in STRATEGIES:
         raise CaiError(f"pair_strategy={strategy!r} is not one of {list(STRATEGIES)} — fix the profile")
     items = list(items)
-    seen = set()
-    for it in items:
-        missing = [k for k in ("id", "type", "instruction", "checks") if k not in it]
-        if missing:
-            raise CaiError(f"train item {it.get('id', '?')!r}: missing field {missing[0]!r} — regenerate the train items")
-        if it["id"] in seen:
-            raise CaiError(f"train items: duplicate id {it['id']!r} — ids must be unique (generation is keyed by id)")
-        seen.add(it["id"])
-    gen = generate_fn or _default_generate
-    rotate_fn = rotate_fn or _default_rotate
-    max_new = int(cfg.data_max_new_tokens)
-    keep_rp = bool(getattr(cfg, "pair_keep_if_rejected_passes", False))
-    store = _Store(paths.generations)
+    _check_items(items)
     timing: dict = {}
-    run = dict(loaded=loaded, gen=gen, rotate_fn=rotate_fn, cfg=cfg, max_new_tokens=max_new,
-               progress=progress, timing=timing)
-
-    pairs: list[dict] = []
-    dropped: list[dict] = []
-    _run_step("response", items, store, **run)
-    answers = {it["id"]: _cut_answer(store.get(it["id"], "response"), "response") for it in items}
-    fs = {it["id"]: {"response": store.get(it["id"], "response").get("fewshot_ids", [])} for it in items}
-
-    if strategy in ("format_distillation", "self_consistency"):
-        votes = {}
-        if strategy == "self_consistency":
-            _run_sample_step(items, store, loaded=loaded, sample_fn=sample_fn or _default_sample, cfg=cfg,
-                             max_new_tokens=max_new, rotate_fn=rotate_fn, progress=progress, timing=timing)
-        alive = []
-        chosen_of = {}
-        for it in items:
-            greedy, g_fr = answers[it["id"]]
-            if strategy == "self_consistency":
-                cands = _candidates(it, greedy, g_fr, store.get(it["id"], "sample"))
-                votes[it["id"]] = vote(it, cands)
-                won = votes[it["id"]]["chosen"]
-                if won is not None:
-                    chosen_of[it["id"]] = (won["text"], won["fr"], won["score"])
-                    alive.append(it)
-                    continue
-            score = _score(it, greedy, g_fr)
-            reasons = _chosen_reasons(greedy, g_fr, score)
-            if reasons:
-                dropped.append(_drop(it, strategy, reasons, chosen=greedy, chosen_finish_reason=g_fr,
-                                     failures=score["failures"]))
-            else:
-                chosen_of[it["id"]] = (greedy, g_fr, score)
-                alive.append(it)
-        _run_step("raw", alive, store, **run)
-        for it in alive:
-            chosen, fr, ch_score = chosen_of[it["id"]]
-            raw = store.get(it["id"], "raw")
-            rejected = raw["response"].strip()  # no cut: what evaluation sees
-            extra = {"new_tokens": _new_tokens(store, it, STEPS[strategy])}
-            if strategy == "self_consistency":
-                extra["vote"] = _vote_record(votes[it["id"]])
-            out = _make_pair(it, strategy, chosen, fr, ch_score, rejected, raw["finish_reason"],
-                             fewshot=fs[it["id"]], extra=extra, keep_if_rejected_passes=keep_rp)
-            if isinstance(out, tuple):
-                dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=rejected))
-            else:
-                pairs.append(out)
-            if strategy == "self_consistency":
-                for wrong in wrong_samples(votes[it["id"]], chosen, cfg.pair_sc_max_wrong,
-                                           cfg.pair_sc_length_tolerance):
-                    out = _make_pair(it, strategy, chosen, fr, ch_score, wrong["text"], wrong["fr"],
-                                     fewshot=fs[it["id"]], extra={**extra, "rejected_source": wrong["source"]},
-                                     keep_if_rejected_passes=False, pair_type="wrong_sample")
-                    if isinstance(out, tuple):  # e.g. identical after whitespace: not a preference
-                        dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=wrong["text"]))
-                    else:
-                        pairs.append(out)
+    b = _Build(strategy, items, cfg, GenerationStore(paths.generations),
+               dict(loaded=loaded, gen=generate_fn or default_generate, rotate_fn=rotate_fn or default_rotate, cfg=cfg,
+                    max_new_tokens=int(cfg.data_max_new_tokens), progress=progress, timing=timing))
+    run_step("response", items, b.store, **b.run)
+    b.answers = {it["id"]: cut_answer(b.store.get(it["id"], "response"), "response") for it in items}
+    b.fewshot = {it["id"]: {"response": b.store.get(it["id"], "response").get("fewshot_ids", [])} for it in items}
+    if strategy == "format_distillation":
+        _format_distillation(b)
+    elif strategy == "self_consistency":
+        _self_consistency(b, sample_fn or default_sample)
     else:
-        alive = []
-        for it in items:
-            original, _ = answers[it["id"]]
-            if not original:
-                dropped.append(_drop(it, strategy, ["rejected_empty"], rejected=original))
-            else:
-                alive.append(it)
-        _run_step("critique", alive, store, **run)
-        _run_step("revision", alive, store, **run)
-        for it in alive:
-            original, o_fr = answers[it["id"]]
-            critique, _ = _cut_answer(store.get(it["id"], "critique"), "critique")
-            rev_row = store.get(it["id"], "revision")
-            chosen, fr = _cut_answer(rev_row, "revision")
-            score = _score(it, chosen, fr)
-            reasons = _chosen_reasons(chosen, fr, score)
-            if reasons:
-                dropped.append(_drop(it, strategy, reasons, chosen=chosen, chosen_finish_reason=fr,
-                                     rejected=original, critique=critique, failures=score["failures"]))
-                continue
-            ids = dict(fs[it["id"]])
-            ids["critique"] = store.get(it["id"], "critique").get("fewshot_ids", [])
-            ids["revision"] = rev_row.get("fewshot_ids", [])
-            out = _make_pair(it, strategy, chosen, fr, score, original, o_fr, fewshot=ids,
-                             extra={"critique": critique, "new_tokens": _new_tokens(store, it, STEPS[strategy])},
-                             keep_if_rejected_passes=keep_rp, pair_type="revision")
-            if isinstance(out, tuple):
-                dropped.append(_drop(it, strategy, out[1], chosen=chosen, rejected=original, critique=critique))
-            else:
-                pairs.append(out)
-
+        _critique_revision(b)
     if getattr(cfg, "pair_balance", False):
-        by_id = {it["id"]: it for it in items}
-        pairs, removed = rebalance_pairs(pairs, items, tolerance=cfg.pair_balance_tolerance, seed=cfg.seed)
-        dropped += [_drop(by_id[p["item_id"]], strategy, ["rebalanced"], chosen=p["chosen"], rejected=p["rejected"],
-                          pair_type=p["pair_type"]) for p in removed]
-    if any(not p["chosen"].strip() for p in pairs):  # the no-empty-chosen rule, checked once more at the end
+        _rebalance(b)
+    if any(not p["chosen"].strip() for p in b.pairs):  # the no-empty-chosen rule, checked once more at the end
         raise CaiError("internal error: a pair with an empty chosen answer was built — report this bug")
     for t in timing.values():  # throughput of what this call generated (resumed rows excluded)
         t["wall_s"] = round(t["wall_s"], 3)
         t["new_tokens_per_s"] = round(t["new_tokens"] / t["wall_s"], 2) if t["wall_s"] > 0 else None
-    write_jsonl(paths.preference_pairs, [trl_record(p, cfg.chosen_leading_space) for p in pairs])
-    write_json(paths.pair_stats, pair_diagnostics(pairs, dropped, generation=timing, items=items, cfg=cfg))
-    return pairs, dropped
-
-
-# ---- diagnostics ------------------------------------------------------------------------
-
-def _quantiles(values: Sequence[float]) -> dict:
-    import numpy as np
-    if not values:
-        return {"n": 0}
-    v = np.asarray(values, dtype=float)
-    q = np.percentile(v, [0, 10, 25, 50, 75, 90, 100])
-    return {"n": int(v.size), "mean": round(float(v.mean()), 3),
-            **{k: round(float(x), 3) for k, x in zip(("min", "p10", "p25", "median", "p75", "p90", "max"), q)}}
-
-
-def _pair_correct(p: dict) -> bool:
-    """The preference is verifiable: chosen passes strict and rejected does not."""
-    return bool(p["scores"]["chosen"]["strict"]) and not p["scores"]["rejected"]["strict"]
-
-
-def by_pair_type(pairs: Sequence[dict], tolerance: float = 0.3) -> dict:
-    """Per pair type: count, share_chosen_shorter, chosen/rejected length ratio, share of
-    length-matched pairs (within ±tolerance) and share of verifiably correct preferences."""
-    groups = defaultdict(list)
-    for p in pairs:
-        groups[p.get("pair_type", "raw_continuation")].append(p)
-    groups["all"] = list(pairs)
-    out = {}
-    for t, ps in groups.items():
-        if not ps:
-            continue
-        n = len(ps)
-        out[t] = {"n": n,
-                  "share_chosen_shorter": round(sum(count_words(p["chosen"]) < count_words(p["rejected"])
-                                                    for p in ps) / n, 4),
-                  "length_ratio": _quantiles([length_ratio(p["chosen"], p["rejected"]) for p in ps]),
-                  "share_length_matched": round(sum(is_length_matched(p["chosen"], p["rejected"], tolerance)
-                                                    for p in ps) / n, 4),
-                  "pair_correct": round(sum(_pair_correct(p) for p in ps) / n, 4)}
-    return out
-
-
-def by_strategy(pairs: Sequence[dict], dropped: Sequence[dict], items: Sequence[dict] | None) -> dict:
-    """Keep-rate (items that gave at least one pair) and pair correctness per strategy."""
-    out = {}
-    for st in sorted({p["strategy"] for p in pairs} | {d["strategy"] for d in dropped}):
-        ps = [p for p in pairs if p["strategy"] == st]
-        with_pair = {p["item_id"] for p in ps}
-        n_items = len(items) if items is not None else len(with_pair | {d["item_id"] for d in dropped
-                                                                      if d["strategy"] == st})
-        out[st] = {"n_pairs": len(ps), "n_items": n_items, "items_with_pair": len(with_pair),
-                   "keep_rate_items": round(len(with_pair) / n_items, 4) if n_items else None,
-                   "pair_correct": round(sum(_pair_correct(p) for p in ps) / len(ps), 4) if ps else None}
-    return out
-
-
-def vote_summary(pairs: Sequence[dict]) -> dict | None:
-    """self_consistency: how often the vote kept greedy, rescued a failed greedy answer, agreed."""
-    vs = {p["item_id"]: p["vote"] for p in pairs if isinstance(p.get("vote"), dict)}
-    if not vs:
-        return None
-    n = len(vs)
-    agree = [v["agreement"] for v in vs.values() if v.get("agreement") is not None]
-    return {"n_items": n,
-            "chosen_from_greedy": sum(v["chosen_source"] == "greedy" for v in vs.values()),
-            "rescued_by_samples": sum(not v["greedy_verified"] for v in vs.values()),
-            "plurality_is_chosen": round(sum(bool(v["plurality_is_chosen"]) for v in vs.values()) / n, 4),
-            "agreement_mean": round(sum(agree) / len(agree), 4) if agree else None}
-
-
-def pair_diagnostics(pairs: Sequence[dict], dropped: Sequence[dict], generation: dict | None = None, *,
-                     items: Sequence[dict] | None = None, cfg=None) -> dict:
-    """Counts kept/dropped (why, by strategy and type), length and edit-distance
-    distributions, the share of pairs that differ only by length; per pair type the
-    length ratio and share of length-matched pairs; per strategy keep-rate and pair
-    correctness; and, given the train `items`, the answer-skew report (diagnostics.pair_skew)."""
-    kept = defaultdict(Counter)
-    for p in pairs:
-        kept[p["strategy"]][p["type"]] += 1
-    drop = defaultdict(lambda: defaultdict(Counter))
-    by_reason, any_reason, failures = Counter(), Counter(), Counter()
-    examples = defaultdict(list)
-    for d in dropped:
-        drop[d["strategy"]][d["type"]][d["reason"]] += 1
-        by_reason[d["reason"]] += 1
-        any_reason.update(d.get("reasons", [d["reason"]]))
-        if d["reason"] == "chosen_fails_strict":
-            failures.update(d.get("failures", []))
-        if len(examples[d["reason"]]) < 3:
-            examples[d["reason"]].append({k: (v[:200] if isinstance(v, str) else v) for k, v in d.items()
-                                          if k in ("item_id", "type", "chosen", "rejected", "failures")})
-    tol = float(getattr(cfg, "pair_sc_length_tolerance", 0.3))
-    threshold = float(getattr(cfg, "skew_threshold", 0.10))
-    cw = [p["lengths"]["chosen_words"] for p in pairs]
-    rw = [p["lengths"]["rejected_words"] for p in pairs]
-    ed = [p["edit_distance_words"] for p in pairs]
-    edn = [p["edit_distance_words"] / max(1, len(p["chosen"].split()), len(p["rejected"].split())) for p in pairs]
-    lo = Counter(p["length_only"] for p in pairs if p.get("length_only"))
-    n = len(pairs)
-    n_lo = sum(lo.values())
-    rej_strict = sum(1 for p in pairs if p["scores"]["rejected"]["strict"])
-    return {
-        "n_candidates": n + len(dropped),
-        "n_kept": n,
-        "n_dropped": len(dropped),
-        "keep_rate": round(n / (n + len(dropped)), 4) if (n + len(dropped)) else None,
-        "kept": {s: dict(c) for s, c in kept.items()},
-        "dropped": {s: {t: dict(c) for t, c in d.items()} for s, d in drop.items()},
-        "dropped_by_reason": dict(by_reason),
-        "dropped_any_reason": dict(any_reason),
-        "reason_order": list(REASONS),
-        "chosen_failures": dict(failures.most_common()),
-        "length_words": {"chosen": _quantiles(cw), "rejected": _quantiles(rw),
-                         "chosen_minus_rejected": _quantiles([c - r for c, r in zip(cw, rw)])},
-        "share_chosen_shorter": round(sum(c < r for c, r in zip(cw, rw)) / n, 4) if n else None,
-        "edit_distance_words": _quantiles(ed),
-        "edit_distance_normalized": _quantiles(edn),
-        "length_only": {
-            "n": n_lo, "share": round(n_lo / n, 4) if n else None, "by_kind": dict(lo),
-            "note": "pairs whose texts differ only by length (one is a contiguous run of the other's words, case "
-                    "and punctuation ignored; same_words = only case/punctuation differ). chosen_prefix = the raw continuation ran on past the answer (format_distillation's "
-                    "intended stop signal); chosen_within / rejected_within = content trimmed or padded — a high share "
-                    "means the 'improvement' is shortening, as in the replaced system.",
-        },
-        "rejected_passes_strict": {"n": rej_strict, "share": round(rej_strict / n, 4) if n else None},
-        "dropped_examples": dict(examples),
-        "generation": generation or {},
-        "pair_types": by_pair_type(pairs, tol),
-        "share_length_matched": round(sum(is_length_matched(p["chosen"], p["rejected"], tol) for p in pairs) / n, 4)
-        if n else None,
-        "pair_correct": round(sum(_pair_correct(p) for p in pairs) / n, 4) if n else None,
-        "by_strategy": by_strategy(pairs, dropped, items),
-        "empty_chosen": sum(1 for p in pairs if not p["chosen"].strip()),
-        "empty_rejected_pairs": sum(1 for p in pairs if p.get("pair_type") == "empty_rejected"),
-        "vote": vote_summary(pairs),
-        "balance": ({"enabled": bool(getattr(cfg, "pair_balance", False)),
-                     "tolerance": getattr(cfg, "pair_balance_tolerance", None),
-                     "dropped": by_reason.get("rebalanced", 0)} if cfg is not None else None),
-        "answer_skew": pair_skew(pairs, items, threshold=threshold) if items is not None else None,
-        "skew_flagged": bool(items is not None and pair_skew(pairs, items, threshold=threshold)["flagged"]),
-    }
-
-
-def example_pairs(pairs: Sequence[dict], n: int = 3, seed: int = 0) -> list[dict]:
-    """A few pairs for the notebook, spread over types (seeded, reproducible)."""
-    by_type = defaultdict(list)
-    for p in pairs:
-        by_type[p["type"]].append(p)
-    rng = random.Random(seed)
-    pools = {t: rng.sample(v, len(v)) for t, v in sorted(by_type.items())}
-    out = []
-    while len(out) < n and any(pools.values()):
-        for t in sorted(pools):
-            if pools[t] and len(out) < n:
-                p = pools[t].pop()
-                out.append({k: p.get(k) for k in ("item_id", "type", "strategy", "prompt", "chosen", "rejected",
-                                                  "critique", "length_only") if k in p})
-    return out
-
-
-def used_fewshot_ids(paths) -> set[str]:
-    """Ids of every few-shot example used by this run's generations (for the leakage guard)."""
-    if not paths.generations.exists():
-        return set()
-    return {i for row in read_jsonl(paths.generations, tolerate_torn_tail=True) for i in row.get("fewshot_ids", [])}
+    write_jsonl(paths.preference_pairs, [trl_record(p, cfg.chosen_leading_space) for p in b.pairs])
+    write_json(paths.pair_stats, pair_diagnostics(b.pairs, b.dropped, generation=timing, items=items, cfg=cfg))
+    return b.pairs, b.dropped

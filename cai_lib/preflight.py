@@ -67,8 +67,16 @@ Calibration (measured peaks, benchmarks in reports/benchmarks.md; tests/test_pre
 checks every one is within 15%): Qwen2.5-7B DPO step Unsloth 7.04 GiB, Qwen2.5-1.5B 1.97 GiB
 (4 pairs x 384 tokens, r=16, checkpointing); Qwen2.5-7B 8-bit evaluation, adapter toggled,
 batch 16, 9.23 GiB; embedded Gemma 3 270M `gpu-small` stage 02 2.05 GiB and stage 03 0.66 GiB.
-The 32B shape has not been measured on a GPU yet: benchmarks/rehearse.py records this module's
-estimate next to each measured peak so the first device run checks it.
+Independent check, Qwen2.5-32B shape (random weights, nf4, H200 capped at 80 GB, 2026-12-03,
+benchmarks/results/rehearse_32b_h200/): weights 17.9 GiB loaded vs 18.8 estimated; the
+generation formula at every batch the OOM searches timed, with their own prompt lengths, is
+5-10% above the measured peak (revision frames 642 + 128 tokens: batch 32/64/128 measured
+26.9/35.9/53.9 GiB, estimated 29.0/39.0/59.0; evaluation 21 + 128 tokens, adapter on, batch
+32-512: 20.4-39.2 measured, ratio 1.05); batch 256 of revision frames ran out of memory at
+75.5 GiB where the formula says 99 GiB; DPO (4 pairs x 150 tokens, r=32, checkpointing)
+22.1 GiB Unsloth, 25.4 GiB transformers+bnb, estimated 23.8. tests/test_preflight.py keeps
+every point within 15%. Times there: 4-bit decoding 0.26-0.34 s per step at batch 32
+(0.155 at batch 1), so S_LAYER["4bit"] = 5.6 ms x 64 layers (0.36 s) is an upper bound.
 """
 
 from __future__ import annotations
@@ -285,8 +293,11 @@ def _stage_plan(cfg: dict) -> list[dict]:
         {"stage": "01_generate", "batch": batch, "prompt": longest01, "new": dmax, "lora": False,
          "prompts": int(cfg.get("n_train_items", 0)), "passes": len(steps), "extra": 0,
          "determinism": 0, "new_key": "data_max_new_tokens"},
-        {"stage": "03_evaluate", "batch": batch, "prompt": INSTRUCTION_TOKENS, "new": new03, "lora": True,
-         "prompts": int(cfg.get("n_eval_items", 0)), "passes": 2, "extra": 0,  # base, then trained
+        # three arms on the same items: base raw, trained raw, and base with the few-shot
+        # response frame (issue 12's in-context arm) - its prompts are the stage's longest, so
+        # they set the memory peak; every pass is charged at that length (an upper bound)
+        {"stage": "03_evaluate", "batch": batch, "prompt": FRAME_TOKENS["response"] + INSTRUCTION_TOKENS,
+         "new": new03, "lora": True, "prompts": int(cfg.get("n_eval_items", 0)), "passes": 3, "extra": 0,
          "determinism": det, "new_key": "eval_max_new_tokens"},
     ]
 

@@ -30,6 +30,7 @@ import re
 from typing import Iterable, Sequence
 
 from .errors import CaiError
+from .text import plain_key
 
 # The four baseline formats of issue 2 item 9 (00_baseline runs each).
 BASELINE_FORMATS = ("raw", "instruction_response", "qa", "few_shot")
@@ -92,11 +93,6 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return text[:cut], cut < len(text)
 
 
-def normalize(s: str) -> str:
-    """Lower-case, punctuation to spaces, whitespace collapsed (for "same text" tests)."""
-    return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
-
-
 def fewshot_id(example: dict) -> str:
     """The example's `id`, else a stable id from its instruction ("fs-" + sha1[:10]), so
     generations record which examples they showed even when the bank carries no ids."""
@@ -137,7 +133,7 @@ def _clean_inserted(text: str) -> str:
 
 def _is_self(example: dict, instruction: str) -> bool:
     # An example equal to the instruction asked would hand the model its answer.
-    return normalize(str(example.get("instruction", ""))) == normalize(instruction)
+    return plain_key(str(example.get("instruction", ""))) == plain_key(instruction)
 
 
 def _check_not_self(instruction: str, examples: Iterable[dict]) -> None:

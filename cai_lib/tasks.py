@@ -1,12 +1,8 @@
-"""Instruction pools with verifiable checks, the train/eval split and the persistent eval set.
+"""Instruction items with verifiable checks, built from the curated fact tables.
 
 Every item is built from a curated fact (cai_lib/facts) and a template, and carries a
-`topic` key naming the fact it asks about. The split is by topic, deterministic (a hash of
-the topic group), so every phrasing of one fact lands on the same side and no eval
-question is a rephrasing of a train question. Topics that the leakage detector links (two
-tables asking about the same entity, e.g. "Is Paris in France?" and "What is the capital of
-France?") are merged into one group before splitting, so the split is leak-free by
-construction and the guard in `write_split` double-checks the sampled files.
+`topic` key naming the fact it asks about; `build_all` returns them all, before any split.
+The train/eval split by topic, the pools and the persistent eval set are `cai_lib.split`.
 
 Checks are fair to a correct answer: value checks use generous accepted-answer lists, and
 length/shape checks appear only when the instruction asks for them ("in one sentence" ->
@@ -16,24 +12,13 @@ sentences 1, "in one word" -> max_words 1, "List three" -> items 3).
 from __future__ import annotations
 
 import hashlib
-import random
-from collections import defaultdict
-from functools import lru_cache
-from pathlib import Path
 
 from . import facts as F
 from .errors import CaiError
-from .items import VALID_TYPES, load_items
-from .jsonl import write_json, write_jsonl
+from .items import VALID_TYPES
+from .text import number_words
 
 TYPES = VALID_TYPES  # the item schema's types, in the order the rotation uses
-EVAL_PERCENT = 25  # share of topic groups held out for evaluation
-SPLIT_SALT = "cai-split-v1"
-
-_NUM_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-              "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-              "nineteen", "twenty"]
-_TENS = {2: "twenty", 3: "thirty", 4: "forty", 5: "fifty", 6: "sixty", 7: "seventy", 8: "eighty", 9: "ninety"}
 
 
 def _rotated(topic: str, k: int, stride: int = 1) -> str:
@@ -47,8 +32,12 @@ def _form(typ: str) -> list[dict]:
     return [{"kind": "sentences", "n": 1}] if typ == "generation" else []
 
 
-def _h(*parts) -> int:
+def stable_hash(*parts) -> int:
+    """A hash that is the same in every process and Python version (unlike hash())."""
     return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+
+_h = stable_hash  # the builders' short name for their many keyed choices
 
 
 def _pick(options, *key):
@@ -56,24 +45,11 @@ def _pick(options, *key):
     return options[_h(*key) % len(options)]
 
 
-def _number_words(n: int) -> list[str]:
-    if n <= 20:
-        return [_NUM_WORDS[n]]
-    if n < 100:
-        t, u = divmod(n, 10)
-        return [_TENS[t]] if u == 0 else [f"{_TENS[t]}-{_NUM_WORDS[u]}", f"{_TENS[t]} {_NUM_WORDS[u]}"]
-    if n == 100:
-        return ["one hundred", "a hundred"]
-    if n == 1000:
-        return ["one thousand", "a thousand"]
-    return []
-
-
 def number_check(n: int) -> dict:
     """`number` where the scorer reads words (<= 20); beyond that digits or spelled-out words."""
     if n <= 20:
         return {"kind": "number", "value": n}
-    return {"kind": "contains_any", "values": [str(n)] + _number_words(n)}
+    return {"kind": "contains_any", "values": [str(n)] + number_words(n)}
 
 
 def _any(values) -> dict:
@@ -322,144 +298,3 @@ def build_all() -> list[dict]:
             raise CaiError(f"cai_lib/facts: duplicate instruction {it['instruction']!r} — fix the fact table")
         seen.add(it["instruction"])
     return out
-
-
-def topic_groups(items: list[dict]) -> dict[str, str]:
-    """topic -> group key. Topics the leakage detector links (the guard's own rule) are
-    merged, so facts it would call the same land on the same side."""
-    from .leakage import _entries, compare, content_model
-    parent = {it["topic"]: it["topic"] for it in items}
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    ents = _entries([{"id": str(i), "instruction": it["instruction"], "checks": it["checks"]} for i, it in enumerate(items)], "pool")
-    for e, it in zip(ents, items):
-        e["topic"] = it["topic"]
-    model = content_model([it["instruction"] for it in items])
-    for pair in compare(ents, ents, model, skip=lambda e, o: e["topic"] == o["topic"]):
-        a, b = find(items[int(pair["eval_id"])]["topic"]), find(items[int(pair["other_id"])]["topic"])
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return {t: find(t) for t in parent}
-
-
-def is_eval_group(group: str, forced_train: frozenset = frozenset()) -> bool:
-    if group in forced_train:
-        return False
-    return _h(SPLIT_SALT, group) % 100 < EVAL_PERCENT
-
-
-@lru_cache(maxsize=1)
-def _pools() -> tuple[tuple, tuple]:
-    from .fewshot import all_fewshot_instructions, fewshot_topics
-    from .leakage import find_leaks
-    items = build_all()
-    groups = topic_groups(items)
-    # Few-shot examples' topics must never be eval topics: their groups go to train, and
-    # so do groups of pool items the guard links to a few-shot instruction (few-shot
-    # strings carry no checks, so the answer veto cannot separate them).
-    forced = {groups.get(t, t) for t in fewshot_topics()}
-    pool_view = [{"id": str(i), "instruction": it["instruction"], "checks": it["checks"]} for i, it in enumerate(items)]
-    for leak in find_leaks([], pool_view, all_fewshot_instructions()):
-        forced.add(groups[items[int(leak["eval_id"])]["topic"]])
-    forced = frozenset(forced)
-    train, evals = [], []
-    for it in items:
-        ev = is_eval_group(groups[it["topic"]], forced)
-        it = dict(it, topic_group=groups[it["topic"]])
-        it["id"] = f"{it['type']}-{'e' if ev else 't'}{hashlib.sha256(it['instruction'].encode()).hexdigest()[:8]}"
-        (evals if ev else train).append(it)
-    key = lambda x: (TYPES.index(x["type"]), x["id"])
-    return tuple(sorted(train, key=key)), tuple(sorted(evals, key=key))
-
-
-def _order(it: dict) -> dict:
-    return {k: it[k] for k in ("id", "type", "instruction", "checks", "topic", "topic_group", "source") if k in it}
-
-
-def train_pool() -> list[dict]:
-    return [_order(dict(x)) for x in _pools()[0]]
-
-
-def eval_pool() -> list[dict]:
-    return [_order(dict(x)) for x in _pools()[1]]
-
-
-def _interleave_sources(items: list[dict], rng: random.Random) -> list[dict]:
-    """Seeded order that cycles through fact tables (capitals, arithmetic, ...), so a small
-    sample of one type spreads over every table instead of mirroring the biggest one."""
-    by_src = defaultdict(list)
-    for it in sorted(items, key=lambda x: x["id"]):
-        by_src[it.get("source", "")].append(it)
-    queues = [by_src[k] for k in sorted(by_src)]
-    for q in queues:
-        rng.shuffle(q)
-    rng.shuffle(queues)
-    out = []
-    while queues:
-        out.extend(q.pop() for q in queues)
-        queues = [q for q in queues if q]
-    return out
-
-
-def sample_items(pool: list[dict], n: int, seed: int) -> list[dict]:
-    """`n` distinct items balanced by type (seeded), spread across fact tables within a
-    type. A type with too few items gives its share to the others; n larger than the pool
-    is an error; n <= 0 means the whole pool."""
-    if n <= 0:
-        return list(pool)
-    if n > len(pool):
-        raise CaiError(f"asked for {n} unique items but the pool holds {len(pool)} — lower n_train_items / n_eval_items in the profile")
-    by_type = defaultdict(list)
-    for it in pool:
-        by_type[it["type"]].append(it)
-    rng = random.Random(seed)
-    for t in sorted(by_type):
-        by_type[t] = _interleave_sources(by_type[t], rng)
-    types = sorted(by_type, key=lambda t: TYPES.index(t) if t in TYPES else len(TYPES))
-    quota = {t: 0 for t in types}
-    remaining = n
-    while remaining:  # round-robin: each pass gives one more to every type that still has items
-        progressed = False
-        for t in types:
-            if remaining and quota[t] < len(by_type[t]):
-                quota[t] += 1
-                remaining -= 1
-                progressed = True
-        if not progressed:  # unreachable given n <= len(pool); guards an infinite loop
-            break
-    chosen = [it for t in types for it in by_type[t][:quota[t]]]
-    return sorted(chosen, key=lambda x: (types.index(x["type"]), x["id"]))
-
-
-def write_split(run_paths, cfg):
-    """Write the run's train/eval instruction files and the overlap report.
-
-    The eval file is persistent: if it exists it is kept byte-identical (re-running stage 01
-    or changing the train sample never changes what a run is evaluated on). The leakage
-    check runs before anything is written; a leaking split raises CaiError (exit 2) and
-    leaves the files as they were.
-    """
-    from .leakage import find_split_leaks, overlap_report
-    rp = run_paths
-    train = sample_items(train_pool(), cfg.n_train_items, cfg.seed)
-    keep_eval = Path(rp.eval_instructions).exists()
-    evals = load_items(rp.eval_instructions) if keep_eval else sample_items(eval_pool(), cfg.n_eval_items, cfg.seed)
-    leaks, n_fewshot = find_split_leaks(train, evals)
-    if leaks:
-        x = leaks[0]
-        raise CaiError(f"{rp.eval_instructions}: {len(leaks)} eval item(s) leak, e.g. {x['eval_id']} ~ {x['other_id']} "
-                       f"({x['kind']}) — delete the eval file to rebuild it from the eval pool, or run `cai leakage` for the list",
-                       exit_code=2)
-    write_jsonl(rp.train_instructions, train)
-    if not keep_eval:
-        write_jsonl(rp.eval_instructions, evals)
-    report = overlap_report(rp.train_instructions, rp.eval_instructions, leaks,
-                            n_train=len(train), n_eval=len(evals), n_fewshot=n_fewshot)
-    report["eval_kept_from_previous_run"] = keep_eval
-    write_json(rp.overlap_report, report)
-    return train, evals, report

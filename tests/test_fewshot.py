@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from cai_lib import fewshot, prompts, tasks
+from cai_lib import fewshot, prompts, split
 from cai_lib.errors import CaiError
-from cai_lib.leakage import normalize
+from cai_lib.text import normalize
 
 
 def test_bank_has_8_per_type_and_step_with_fields():
@@ -53,9 +53,9 @@ def test_rotate_seeded_and_checked():
 
 
 def test_no_fewshot_topic_or_instruction_in_eval():
-    evals = tasks.eval_pool()
+    evals = split.eval_pool()
     assert not fewshot.fewshot_topics() & {it["topic"] for it in evals}
-    pool_norms = {normalize(it["instruction"]) for it in evals + tasks.train_pool()}
+    pool_norms = {normalize(it["instruction"]) for it in evals + split.train_pool()}
     assert not {normalize(x) for x in fewshot.all_fewshot_instructions()} & pool_norms
     assert len(fewshot.all_fewshot_instructions()) == sum(len(fewshot.FEWSHOT[t]["response"]) for t in fewshot.TYPES)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cai_lib import jsonl, scoring
+from cai_lib import checks, jsonl, safe_regex, scoring
 from cai_lib.cli import main
 from cai_lib.errors import CaiError
 from cai_lib.items import load_items, starter_items_path
@@ -57,7 +57,7 @@ def no_temp_files(folder):
 # ----------------------------------------------------------------------- regex time limit
 
 def test_catastrophic_regex_fails_the_check_within_the_time_limit(monkeypatch):
-    monkeypatch.setattr(scoring, "REGEX_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(safe_regex, "REGEX_TIMEOUT_S", 0.2)
     rec = response(id="gen-7", response="a" * 40 + "b",
                    checks=[{"kind": "min_words", "n": 1}, {"kind": "regex", "pattern": "(a|aa)+$"}])
     t0 = time.process_time()
@@ -74,7 +74,7 @@ def test_catastrophic_regex_fails_the_check_within_the_time_limit(monkeypatch):
 
 
 def test_timeout_in_the_loose_cut_is_named_as_such(monkeypatch):
-    monkeypatch.setattr(scoring, "REGEX_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(safe_regex, "REGEX_TIMEOUT_S", 0.1)
     rec = response(response="a" * 30 + "b\n\nmore", checks=[{"kind": "regex", "pattern": "(a|aa)+$"}])
     notes = scoring.score_record(rec)["check_errors"]
     assert len(notes) == 2 and "response" in notes[0] and "loose cut" in notes[1]
@@ -85,15 +85,15 @@ def test_nested_quantifier_from_the_issue_is_fast_and_correct():
     # answers at once, so no time limit is even reached.
     check = {"kind": "regex", "pattern": "(a+)+$"}
     t0 = time.perf_counter()
-    assert not scoring.check_passes(check, "a" * 28 + "b")
-    assert scoring.check_passes(check, "a" * 28)
+    assert not checks.check_passes(check, "a" * 28 + "b")
+    assert checks.check_passes(check, "a" * 28)
     assert time.perf_counter() - t0 < 1.0
 
 
 def test_check_passes_counts_a_timeout_as_failed(monkeypatch):
-    monkeypatch.setattr(scoring, "REGEX_TIMEOUT_S", 0.1)
-    assert scoring.check_passes({"kind": "regex", "pattern": "(a|aa)+$"}, "a" * 60) is True  # matches at once
-    assert scoring.check_passes({"kind": "regex", "pattern": "(a|aa)+$"}, "a" * 60 + "b") is False
+    monkeypatch.setattr(safe_regex, "REGEX_TIMEOUT_S", 0.1)
+    assert checks.check_passes({"kind": "regex", "pattern": "(a|aa)+$"}, "a" * 60) is True  # matches at once
+    assert checks.check_passes({"kind": "regex", "pattern": "(a|aa)+$"}, "a" * 60 + "b") is False
 
 
 def test_records_without_a_timeout_keep_their_shape():
@@ -114,7 +114,7 @@ def test_item_patterns_match_exactly_as_stdlib_re():
     for p in patterns:
         for t in texts:
             want = re.search(p, t, re.IGNORECASE) is not None
-            assert scoring.check_passes({"kind": "regex", "pattern": p}, t) is want, (p, t)
+            assert checks.check_passes({"kind": "regex", "pattern": p}, t) is want, (p, t)
 
 
 @pytest.mark.parametrize("pattern, needle", [
@@ -134,13 +134,13 @@ def test_unsafe_or_foreign_patterns_are_refused_at_item_load(tmp_path, pattern, 
 
 def test_safe_patterns_with_counts_and_literal_braces_are_accepted():
     for p in [r"\d{4}", "(?:a{100}){100}", r"\{e<=1\}", "[{]e<=1[}]", "{}", "a{0,50000}"]:
-        scoring.validate_checks([{"kind": "regex", "pattern": p}], "x")
-    assert scoring.check_passes({"kind": "regex", "pattern": r"\{e<=1\}"}, "see {e<=1}")
-    assert not scoring.check_passes({"kind": "regex", "pattern": r"x\{e<=1\}"}, "y")
+        checks.validate_checks([{"kind": "regex", "pattern": p}], "x")
+    assert checks.check_passes({"kind": "regex", "pattern": r"\{e<=1\}"}, "see {e<=1}")
+    assert not checks.check_passes({"kind": "regex", "pattern": r"x\{e<=1\}"}, "y")
 
 
 def test_cli_score_with_a_catastrophic_pattern_finishes(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(scoring, "REGEX_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(safe_regex, "REGEX_TIMEOUT_S", 0.2)
     rows = [response(id=f"r{i}", response="a" * 30 + "!", checks=[{"kind": "regex", "pattern": "(a|aa)+$"}])
             for i in range(3)]
     src, out = write_rows(tmp_path / "r.jsonl", rows), tmp_path / "scored.jsonl"

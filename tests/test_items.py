@@ -8,7 +8,8 @@ import pytest
 
 from cai_lib.errors import CaiError
 from cai_lib.items import VALID_TYPES, load_items, starter_items_path, validate_item
-from cai_lib.scoring import check_passes, score_record
+from cai_lib.checks import check_passes
+from cai_lib.scoring import score_record
 
 # A correct, well-formed answer for every starter item, written the way a good
 # instruction follower might (some terse, some chatty, bullets, numbering, newlines).

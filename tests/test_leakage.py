@@ -5,11 +5,12 @@ import time
 
 import pytest
 
-from cai_lib import cli, tasks
+from cai_lib import cli, split
 from cai_lib.errors import CaiError
 from cai_lib.fewshot import all_fewshot_instructions
 from cai_lib.jsonl import read_json, write_json, write_jsonl
-from cai_lib.leakage import find_leaks, overlap_report, verify_eval_set
+from cai_lib.items import sample_items
+from cai_lib.split import find_leaks, overlap_report, verify_eval_set
 from cai_lib.runs import run_paths
 
 
@@ -73,16 +74,16 @@ def test_answer_veto_and_numbers():
 
 
 def test_real_pools_and_samples_are_leak_free():
-    train, evals = tasks.train_pool(), tasks.eval_pool()
+    train, evals = split.train_pool(), split.eval_pool()
     fewshot = all_fewshot_instructions()
     assert find_leaks(train, evals, fewshot) == []
     for seed in range(3):
-        assert find_leaks(tasks.sample_items(train, 1000, seed), tasks.sample_items(evals, 300, seed), fewshot) == []
+        assert find_leaks(sample_items(train, 1000, seed), sample_items(evals, 300, seed), fewshot) == []
 
 
 def test_fast_enough_for_1000_by_300():
-    train = tasks.sample_items(tasks.train_pool(), 1000, 0)
-    evals = tasks.sample_items(tasks.eval_pool(), 300, 0)
+    train = sample_items(split.train_pool(), 1000, 0)
+    evals = sample_items(split.eval_pool(), 300, 0)
     find_leaks(train[:5], evals[:5])  # warm the shipped-corpus cache
     t0 = time.perf_counter()
     find_leaks(train, evals, all_fewshot_instructions())
@@ -163,11 +164,9 @@ def test_cli_report_path_errors_are_one_line(tmp_path, capsys, monkeypatch):
     _one_line_error(capsys, ["leakage", str(tp), str(ep), "--report", str(tp / "r.json")], "is a file, not a folder")
     _one_line_error(capsys, ["leakage", str(tp), str(ep), "--report", str(ep)], "would overwrite an input")
     # An unwritable place (permissions, full disk): the OS error in one line.
-    from cai_lib import leakage
-
     def refuse(path, obj):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(leakage, "write_json", refuse)
+    monkeypatch.setattr(split, "write_json", refuse)
     _one_line_error(capsys, ["leakage", str(tp), str(ep), "--report", str(tmp_path / "r.json")],
                     "cannot write the report (Permission denied)")
     assert not (tmp_path / "r.json").exists()
@@ -176,7 +175,7 @@ def test_cli_report_path_errors_are_one_line(tmp_path, capsys, monkeypatch):
 def _stage01(tmp_path):
     from cai_lib.config import RunConfig
     rp = run_paths(tmp_path / "run")
-    tasks.write_split(rp, RunConfig(n_train_items=40, n_eval_items=20))
+    split.write_split(rp, RunConfig(n_train_items=40, n_eval_items=20))
     return rp
 
 

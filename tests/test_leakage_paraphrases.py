@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from cai_lib import leakage
-from cai_lib.leakage import answers_of, answers_overlap, find_leaks, fold, normalize
+from cai_lib import canon, leakage, split, text
+from cai_lib.leakage import answers_of, answers_overlap
+from cai_lib.text import fold, normalize
+from cai_lib.split import find_leaks
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "leakage_paraphrases" / "cases.json").read_text("utf-8"))
 
@@ -114,15 +116,15 @@ def test_fold_and_normalize():
 
 
 def test_numbers_stems_and_canonical_sequences():
-    canon = lambda t: leakage._analysis(t)[1]
-    assert canon("What is four times four?") == canon("What's 4 times 4") == ("4", "tim", "4")
-    assert canon("What is one hundred and five minus twenty-four?") == ("105", "minus", "24")
-    assert canon("How many legs do horses have?") == canon("How many legs does a horse have?")
-    assert canon("What is 4 minus 3?") != canon("What is 3 minus 4?")          # order kept: not near-exact
-    assert "1" not in canon("Write one sentence about rain.")                  # "one" the pronoun
-    assert canon("What is one plus one?") == ("1", "plus", "1")
-    assert leakage.stem("cities") == leakage.stem("city") and leakage.stem("horses") == leakage.stem("horse")
-    assert leakage.stem("glass") == leakage.stem("glasses") and leakage.stem("paris") == "paris"
+    key = lambda t: canon.analysis(t)[1]
+    assert key("What is four times four?") == key("What's 4 times 4") == ("4", "tim", "4")
+    assert key("What is one hundred and five minus twenty-four?") == ("105", "minus", "24")
+    assert key("How many legs do horses have?") == key("How many legs does a horse have?")
+    assert key("What is 4 minus 3?") != key("What is 3 minus 4?")          # order kept: not near-exact
+    assert "1" not in key("Write one sentence about rain.")                  # "one" the pronoun
+    assert key("What is one plus one?") == ("1", "plus", "1")
+    assert text.stem("cities") == text.stem("city") and text.stem("horses") == text.stem("horse")
+    assert text.stem("glass") == text.stem("glasses") and text.stem("paris") == "paris"
 
 
 def test_answers_compare_normalised():
@@ -150,6 +152,6 @@ def test_template_typo_is_dropped_but_real_words_are_not_typos():
     assert find_leaks(train, [item("e", "What is the captial of Peru?")])
     assert find_leaks(train, [item("e", "What is the captial of Chile?")]) == []
     # Words of the shipped corpus are never typos of each other.
-    model = leakage.content_model([])
+    model = leakage.content_model([], split.shipped_corpus())
     assert "slovakia" in model.known and "slovenia" in model.known
     assert not model.typo_match("slovakia", "slovenia") and model.typo_match("austrlia", "australia")

@@ -210,3 +210,16 @@ def test_unsloth_backend_uses_fast_language_model(tiny_model_dir, monkeypatch):
     assert "for_inference" not in calls  # a training load stays in training mode
     assert models.load_base(str(tiny_model_dir), dtype="float32", backend="unsloth").backend == "unsloth"
     assert calls["for_inference"] == 1  # an explicit Unsloth generation load switches to its decoding path
+
+
+def test_unsloth_pad_token_refusal_is_one_line(tmp_path):
+    """Unsloth's RuntimeError for a pad == EOS tokenizer (seen at 32B shape) becomes a CaiError with the fix."""
+    from cai_lib.errors import CaiError
+    from cai_lib.models import unsloth_load_error
+
+    exc = RuntimeError(f"Unsloth: Could not find a valid pad token for {tmp_path} - please inspect the tokenizer.")
+    err = unsloth_load_error(exc, tmp_path)
+    assert isinstance(err, CaiError) and "\n" not in str(err)
+    assert "pad token" in str(err) and "backend: transformers" in str(err)
+    other = RuntimeError("CUDA error: device-side assert")
+    assert unsloth_load_error(other, tmp_path) is other  # unknown failures are not disguised

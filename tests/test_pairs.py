@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cai_lib import pairs, prompts
+from cai_lib import pair_generation, pairs, prompts
 from cai_lib.config import RunConfig
 from cai_lib.errors import CaiError
 from cai_lib.jsonl import read_json, read_jsonl
@@ -318,12 +318,16 @@ def test_bad_input(tmp_path):
     assert not paths.generations.exists()
 
 
-def test_example_pairs_and_fewshot_ids(tmp_path):
+def _used_fewshot_ids(paths) -> set:
+    """Ids of every few-shot example the run's generations record."""
+    return {i for row in read_jsonl(paths.generations) for i in row.get("fewshot_ids", [])}
+
+
+def test_generations_record_the_fewshot_ids_pairs_carry(tmp_path):
     (kept, _), paths, _ = build(tmp_path, "critique_revision", CR, pair_keep_if_rejected_passes=True)
-    ex = pairs.example_pairs(kept, n=3, seed=0)
-    assert len(ex) == 2 and {e["item_id"] for e in ex} == {"qa-1", "qa-2"}
-    assert set(ex[0]) >= {"prompt", "chosen", "rejected", "critique"}
-    ids = pairs.used_fewshot_ids(paths)
+    assert {p["item_id"] for p in kept} == {"qa-1", "qa-2"}
+    assert all(p["prompt"] and p["chosen"] and p["rejected"] and p["critique"] for p in kept)
+    ids = _used_fewshot_ids(paths)
     assert ids and all(i.startswith("fs-") for i in ids)
     assert {i for p in kept for v in p["fewshot_ids"].values() for i in v} <= ids
 
@@ -381,7 +385,7 @@ def test_real_fewshot_bank_with_scripted_generation(tmp_path):
     assert all(len(r["fewshot_ids"]) == 3 for r in rows)
     from cai_lib.fewshot import FEWSHOT
     known = {prompts.fewshot_id(ex) for steps in FEWSHOT.values() for exs in steps.values() for ex in exs}
-    used = pairs.used_fewshot_ids(paths)
+    used = _used_fewshot_ids(paths)
     assert used and used <= known  # the leakage guard can map ids back to bank examples
 
 
@@ -478,7 +482,7 @@ def test_self_consistency_vote_chooses_the_verified_majority(tmp_path):
     assert all(len(c["prompts"]) == 1 for c in sampler.calls)  # gen_batch_size 2 // k 4 -> 1 prompt per call
     first = sampler.calls[0]
     ids = [next(it["id"] for it in ITEMS if it["instruction"] == _instruction_and_step(first["prompts"][0])[0])]
-    assert first["seed"] == pairs._slice_seed(0, ids)
+    assert first["seed"] == pair_generation.slice_seed(0, ids)
 
 
 def test_vote_tie_goes_to_the_greedy_group_and_is_deterministic():
@@ -486,7 +490,7 @@ def test_vote_tie_goes_to_the_greedy_group_and_is_deterministic():
 
     def c(i, text):
         return {"source": "greedy" if i == 0 else f"sample{i - 1}", "index": i, "text": text, "fr": "stop",
-                "score": pairs._score(it, text, "stop")}
+                "score": pair_generation.score_answer(it, text, "stop")}
 
     cands = [c(0, "blue."), c(1, "bright blue."), c(2, "bright blue."), c(3, "blue."), c(4, "red.")]
     v = pairs.vote(it, cands)

@@ -101,7 +101,7 @@ def test_rehearsal_runs_every_stage_on_cpu(tiny_dir, tmp_path):
 
 
 def test_extrapolation_arithmetic():
-    cfg = rehearse.make_config("gpu-32b", "unused", {})
+    cfg = rehearse.make_config("gpu-32b", "unused", {"gen_batch_size": 32})
     res = {"gen": {"00_baseline": {"s_per_batch": 10.0, "n_prompts_full": 582},
                    "01_response": {"s_per_batch": 20.0}, "01_critique": {"s_per_batch": 30.0},
                    "01_revision": {"s_per_batch": 40.0}, "batch1": {"s_per_item": 5.0}},
@@ -112,11 +112,16 @@ def test_extrapolation_arithmetic():
     assert x["00_baseline_s"] == 19 * 10 + 10 + 32 * 5
     # 01: critique_revision, ceil(1000/32)=32 batches per step
     assert x["01_generate_s"] == 32 * (20 + 30 + 40)
-    # 02: ceil(1000/16)=63 steps x 2 epochs; first step extra; setup 32 s over 2x16 pairs scaled to 1000
+    # 02: ceil(1000/16)=63 steps x 2 epochs; first step extra; the sample's setup once; reference
+    # log-probs for the pairs beyond the sample's 2x16 at a third of a step's per-pair time
     assert x["02_optimizer_steps"] == 126
-    assert x["02_train_s"] == pytest.approx(126 * 4 + 56 + 1.0 * 1000)
-    # 03: two models x ceil(300/32)=10 batches + determinism 1 batch + 32 batch-1 items
-    assert x["03_evaluate_s"] == 2 * 10 * 8 + 8 + 32 * 6
+    assert x["02_train_s"] == pytest.approx(126 * 4 + 56 + 32 + (1000 - 32) * (4 / 16) / 3)
+    # 03: two raw arms x ceil(300/32)=10 batches, the few-shot arm's 10 batches at 01_response's
+    # time (not measured in stage 03 here), + determinism 1 batch + 32 batch-1 items
+    assert x["03_evaluate_s"] == 2 * 10 * 8 + 10 * 20 + 8 + 32 * 6
+    assert x["03_fewshot_arm_from"] == "01_response"
+    res["eval"]["03_evaluate"]["fewshot_s_per_batch"] = 12.0
+    assert rehearse.extrapolate(cfg, res)["03_evaluate_s"] == 2 * 10 * 8 + 10 * 12 + 8 + 32 * 6
     assert x["total_hours"] == pytest.approx(sum(v for k, v in x.items() if k.endswith("_s")) / 3600, abs=1e-3)
 
 
@@ -223,3 +228,22 @@ def test_preflight_vs_measured_ratio():
            "dpo": {"02_train": {"peak_alloc_gib": None}}}
     out = rehearse.preflight_vs_measured(res)
     assert out == {"01_generate": {"preflight_gib": 30.0, "measured_gib": 27.0, "ratio": round(30 / 27, 3)}}
+
+
+def test_merge_extrapolates_per_backend_and_at_other_batches(tmp_path):
+    """--merge of the committed H200 call JSONs: one record, a DPO row per backend, and the
+    batch-128 extrapolation charged from the OOM searches' timed tries."""
+    src = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "rehearse_32b_h200"
+    parts = [src / n for n in ("rehearse_oom_gen.json", "rehearse_dpo.json", "rehearse_dpo_bnb.json",
+                               "rehearse_oom_eval.json")]
+    out = tmp_path / "merged.json"
+    assert rehearse.main(["--merge", *map(str, parts), "--at-batch", "128", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["dpo_by_backend"]) == {"unsloth", "transformers+bnb4"}
+    assert res["table"].count("| 02 DPO") == 2
+    at = res["extrapolated"]["unsloth"]["batch_128"]
+    rev128 = next(t["seconds"] for t in res["gen"]["oom_01_revision"]["tried"] if t["batch"] == 128)
+    assert at["01_generate_s"] == pytest.approx(3 * -(-1000 // 128) * rev128)  # 3 steps x 8 batches
+    assert at["total_hours"] < res["extrapolated"]["unsloth"]["sample_batch"]["total_hours"]
+    # batch 256 ran out of memory in the revision search: no extrapolation there
+    assert rehearse.extrapolate_at_batch(rehearse.make_config("gpu-32b", "x", {}), res, 256) is None

@@ -2,6 +2,7 @@
 
 Each training run is a few dozen milliseconds of compute on a ~20k-parameter model; the
 file's time is mostly TRL's import and trainer construction.
+Tests that build a DPO trainer are marked `slow` (seconds each): `make test-fast` skips them.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class CaptureTrained:
         return _Cb()
 
 
+@pytest.mark.slow
 def test_dpo_learns_and_records(tiny_model_dir, run_dir):
     from cai_lib.adapters import adapter_disabled, check_adapter_matches, load_adapter
 
@@ -165,6 +167,7 @@ def test_dpo_learns_and_records(tiny_model_dir, run_dir):
     assert torch.allclose(probe_logits(merged, fresh.tokenizer), cap.logits, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_continues_not_restarts(tiny_model_dir, tmp_path):
     from transformers import TrainerCallback
 
@@ -202,6 +205,7 @@ def test_resume_after_interruption_continues_not_restarts(tiny_model_dir, tmp_pa
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_base_model_is_refused(tiny_model_dir, run_dir, tmp_path):
     from tiny import save_tiny
 
@@ -216,6 +220,7 @@ def test_checkpoint_of_another_base_model_is_refused(tiny_model_dir, run_dir, tm
     assert after == before  # nothing overwritten
 
 
+@pytest.mark.slow
 def test_changed_settings_refuse_resume_but_fresh_start_works(tiny_model_dir, run_dir):
     train.train_dpo(load_dir(tiny_model_dir), pairs_path(run_dir), run_dir, small_cfg(max_steps=2, save_steps=2), progress=False)
     with pytest.raises(CaiError, match="other settings"):
@@ -226,6 +231,7 @@ def test_changed_settings_refuse_resume_but_fresh_start_works(tiny_model_dir, ru
     assert s["resumed_from"] is None and s["steps"] == 2
 
 
+@pytest.mark.slow
 def test_ablation_pieces_run_on_tiny_model(tiny_model_dir, run_dir):
     """benchmarks/ablation_loss.py: four adapters from one loaded base, each evaluated."""
     import importlib.util

@@ -6,7 +6,7 @@ agreement, throughput and the contamination guard's evidence."""
 
 from __future__ import annotations
 
-from . import StageResult, begin, finish
+from .records import StageResult, begin, finish
 from ..runs import run_paths
 
 

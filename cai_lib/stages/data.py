@@ -6,17 +6,17 @@ overlap_report.json, generations.jsonl, preference_pairs.jsonl and pair_stats.js
 
 from __future__ import annotations
 
-from . import StageResult, begin, finish
+from .records import StageResult, begin, finish
 from ..runs import run_paths
 
 
 def run(run_dir, cfg, *, overwrite: bool = False) -> StageResult:
-    from .. import guard, models, pairs, tasks
+    from .. import guard, models, pairs, split
     from ..jsonl import read_json
 
     begin(run_dir, "01", cfg, overwrite=overwrite)
     paths = run_paths(run_dir)
-    train_items, eval_items, overlap = tasks.write_split(paths, cfg)
+    train_items, eval_items, overlap = split.write_split(paths, cfg)
     loaded = models.load_configured(cfg)
     guard_info = guard.guard_report(loaded)
     kept, dropped = pairs.build_pairs(loaded, train_items, cfg, paths, strategy=cfg.pair_strategy)

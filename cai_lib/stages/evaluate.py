@@ -8,7 +8,7 @@ A dry run generates nothing and is recorded as such."""
 
 from __future__ import annotations
 
-from . import StageResult, begin, finish
+from .records import StageResult, begin, finish
 from ..runs import run_paths
 
 RECORDED = ("n_items", "backend", "decoding", "timing", "determinism", "guard", "memory_start", "memory_end",

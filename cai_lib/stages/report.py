@@ -7,7 +7,7 @@ nothing (except a missing spot-check sheet)."""
 
 from __future__ import annotations
 
-from . import StageResult, begin, finish
+from .records import StageResult, begin, finish
 from ..errors import CaiError
 from ..runs import run_paths
 

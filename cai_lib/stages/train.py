@@ -6,7 +6,7 @@ records the training summary."""
 
 from __future__ import annotations
 
-from . import StageResult, begin, finish
+from .records import StageResult, begin, finish
 from ..runs import run_paths
 
 
