@@ -14,7 +14,7 @@ import pytest
 from cai_lib import model_card, pair_tokens, progress, stages, train, train_log
 from cai_lib.config import RunConfig
 from cai_lib.errors import CaiError
-from cai_lib.jsonl import read_json, write_json, write_jsonl
+from cai_lib.jsonl import read_json, sha256_file, write_json, write_jsonl
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import easy_pairs, load_dir, pairs_path, small_cfg  # noqa: E402
@@ -166,7 +166,7 @@ def test_adapter_records_portable_base_manifest_hash_and_a_filled_card(trained_r
     meta = json.loads((ad / "cai_adapter.json").read_text())
     assert meta["base_model"] == Path(tiny_model_dir).name and meta["run_id"] == "r7"
     assert meta["manifest_sha256"] and len(meta["manifest_sha256"]) == 64
-    assert meta["config_sha256"] == stages.sha256_file(run / "config.json")
+    assert meta["config_sha256"] == sha256_file(run / "config.json")
     card = (ad / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: peft")
     assert f"`{meta['base_model']}`" in card and summary["pairs_sha256"] in card and meta["manifest_sha256"] in card
