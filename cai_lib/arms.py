@@ -27,6 +27,8 @@ block stage 04 adds to stats.json.
 
 from __future__ import annotations
 
+from functools import partial
+
 from typing import Sequence
 
 from . import prompts, scoring
@@ -80,7 +82,7 @@ def generate_fewshot(model, tokenizer, items: Sequence[dict], cfg, *, progress: 
 
     from .adapters import adapter_disabled
     from .generate import generate as _generate
-    generate = generate_fn or _generate
+    generate = generate_fn or partial(_generate, cache=cfg.gen_cache)
     requests = fewshot_requests(items, cfg, rotate_fn)
     check_no_eval_examples(items, requests)
     stops = prompts.stop_strings("response")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
+from functools import partial
 from typing import Callable
 
 from . import generate as gen
@@ -102,12 +103,13 @@ def run_baseline(loaded, cfg, paths, *, progress: bool = True) -> dict:
     t0 = time.time()
     outs = gen.generate(loaded.model, loaded.tokenizer, [r["prompt"] for r in rows],
                         max_new_tokens=cfg.baseline_max_new_tokens, batch_size=cfg.gen_batch_size,
-                        progress=progress, desc="baseline")
+                        progress=progress, desc="baseline", cache=cfg.gen_cache)
     seconds = time.time() - t0
     records = scoring.score_records([{**r, **o} for r, o in zip(rows, outs)])
     write_jsonl(paths.baseline, records)
 
-    sentinel_outs = run_sentinels(loaded, max_new_tokens=cfg.baseline_max_new_tokens,
+    sentinel_outs = run_sentinels(loaded, partial(gen.generate, cache=cfg.gen_cache),
+                                  max_new_tokens=cfg.baseline_max_new_tokens,
                                   batch_size=cfg.gen_batch_size, progress=False)
     sentinels = scoring.score_records([{**r, "format": "raw"} for r in sentinel_outs])
     write_jsonl(paths.results / "sentinels.jsonl", sentinels)
@@ -115,7 +117,7 @@ def run_baseline(loaded, cfg, paths, *, progress: bool = True) -> dict:
     raw = [r["prompt"] for r in rows if r["format"] == "raw"][: cfg.determinism_sample]
     determinism = gen.determinism_check(loaded.model, loaded.tokenizer, raw,
                                         max_new_tokens=cfg.baseline_max_new_tokens,
-                                        batch_size=cfg.gen_batch_size) if raw else None
+                                        batch_size=cfg.gen_batch_size, cache=cfg.gen_cache) if raw else None
     new_tokens = sum(o["new_tokens"] for o in outs)
     summary = {
         "items_file": str(items_path),

@@ -15,6 +15,7 @@ matched or lost to in-context prompting on the same items.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 from . import manifest, scoring
@@ -44,7 +45,8 @@ def generate_both(model, tokenizer, items: list[dict], cfg, *, progress: bool = 
     (distributed.ShardedGenerate) can stand in when several processes share the work."""
     from .adapters import adapter_disabled
     from .generate import generate as _generate
-    generate = generate_fn or _generate
+    # the profile's KV cache choice (gen_cache) for the real generator; injected ones decide their own
+    generate = generate_fn or partial(_generate, cache=cfg.gen_cache)
     prompts = [it["instruction"] for it in items]  # raw instruction, identical for both models
     kw = dict(max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.gen_batch_size, progress=progress)
     t0 = time.time()
@@ -97,11 +99,19 @@ def run_evaluation(cfg, paths, *, progress: bool = True, generate_fn=None) -> di
     write_jsonl(paths.eval_base, base)
     write_jsonl(paths.eval_fewshot, fewshot)
     write_jsonl(paths.eval_trained, trained)
-    from .generate import determinism_check
-    sample = [it["instruction"] for it in items[: cfg.determinism_sample]]
-    determinism = determinism_check(model, loaded.tokenizer, sample, max_new_tokens=cfg.eval_max_new_tokens,
-                                    batch_size=cfg.gen_batch_size) if sample else None
-    summary = {**plan, "timing": timing, "determinism": determinism, "memory_end": manifest.memory_now(),
+    # The comparability certificate (issue 13): the trained model's batched decoding, as the arms
+    # ran it (same weights, cache kind, batch size), against batch-1 decoding on a sample of the
+    # eval items - identical strings, and whether the strict/loose/form *rates* move.
+    from .generate import comparability_certificate
+    sample = items[: cfg.determinism_sample]
+    certificate = comparability_certificate(model, loaded.tokenizer, sample, max_new_tokens=cfg.eval_max_new_tokens,
+                                            batch_size=cfg.gen_batch_size, cache=cfg.gen_cache) if sample else None
+    determinism = None if certificate is None else {
+        "n": certificate["n"], "agree": certificate["identical"], "rate": certificate["identical_rate"],
+        "batch_size": cfg.gen_batch_size, "max_new_tokens": cfg.eval_max_new_tokens, "cache": certificate["cache"],
+        "mismatches": certificate["mismatches"]}
+    summary = {**plan, "timing": timing, "determinism": determinism, "certificate": certificate,
+               "memory_end": manifest.memory_now(),
                "base": scoring.summarize(base), "base_fewshot": scoring.summarize(fewshot),
                "trained": scoring.summarize(trained), "answer_skew": _skew(fewshot, trained, cfg)}
     write_json(paths.eval_summary, summary)

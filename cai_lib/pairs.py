@@ -80,6 +80,8 @@ from typing import Any, Callable, Sequence
 from .diagnostics import rebalance_pairs
 from .errors import CaiError
 from .jsonl import write_json, write_jsonl
+from functools import partial
+
 from .pair_generation import (GenerationStore, cut_answer, default_generate, default_rotate, default_sample,
                               run_sample_step, run_step, score_answer)
 from .pair_stats import REASONS, count_words, is_eos_immediately, length_only_kind, pair_diagnostics, word_edit_distance
@@ -325,7 +327,7 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
     _check_items(items)
     timing: dict = {}
     b = _Build(strategy, items, cfg, GenerationStore(paths.generations),
-               dict(loaded=loaded, gen=generate_fn or default_generate, rotate_fn=rotate_fn or default_rotate, cfg=cfg,
+               dict(loaded=loaded, gen=generate_fn or partial(default_generate, cache=cfg.gen_cache), rotate_fn=rotate_fn or default_rotate, cfg=cfg,
                     max_new_tokens=int(cfg.data_max_new_tokens), progress=progress, timing=timing))
     run_step("response", items, b.store, **b.run)
     b.answers = {it["id"]: cut_answer(b.store.get(it["id"], "response"), "response") for it in items}

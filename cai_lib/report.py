@@ -171,9 +171,14 @@ def run_warnings(run_dir) -> list[str]:
     from .runs import run_paths
     stages_rec = manifest.load(run_dir).get("stages", {})
     out = []
+    paths = run_paths(run_dir)
+    cert = read_json(paths.eval_summary).get("certificate") if paths.eval_summary.exists() else None
     for key, where in (("00", "stage 00 (base model, baseline prompts)"), ("03", "stage 03 (evaluation)")):
+        if key == "03" and cert:  # the certificate speaks for stage 03: the same sample, plus the rates
+            out += views.certificate_warnings(cert, where)
+            continue
         out += views.determinism_warnings((stages_rec.get(key) or {}).get("determinism"), where)
-    pair_stats = run_paths(run_dir).pair_stats
+    pair_stats = paths.pair_stats
     if pair_stats.exists():
         out += views.pair_warnings(read_json(pair_stats))
     return out

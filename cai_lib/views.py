@@ -126,6 +126,20 @@ def determinism_warnings(det: dict | None, where: str) -> list[str]:
             "single outputs depend on batch composition (bf16/4-bit kernels)."]
 
 
+def certificate_warnings(cert: dict | None, where: str) -> list[str]:
+    """The comparability certificate's finding for the verdict box: only when batching changed
+    more than its limit of the sampled outputs (generate.DISAGREE_LIMIT)."""
+    if not cert or not cert.get("n") or not cert.get("flagged"):
+        return []
+    n, same = cert["n"], cert["identical"]
+    moved = ", ".join(f"{f} {cert['batch1'][f]:.2f} -> {cert['batched'][f]:.2f} ({cert['flips'][f]} flipped)"
+                      for f in ("strict", "loose", "form"))
+    return [f"{where}: batched and batch-1 greedy decoding differ on {n - same}/{n} sampled eval items "
+            f"({(n - same) / n:.0%}, more than the {cert['disagree_limit']:.0%} limit); on that sample batch-1 vs "
+            f"batched rates: {moved}. Base and trained were decoded in identical batches, so their comparison "
+            "stays fair, but single outputs depend on batch composition."]
+
+
 def decoding_table(summary: dict):
     d = summary.get("decoding") or {}
     det = summary.get("determinism") or {}
@@ -135,7 +149,13 @@ def decoding_table(summary: dict):
     for k in ("cache", "cache_implementation", "quantization"):
         if k in d:
             rows.append({"setting": k, "value": d[k]})
-    if det:
+    cert = summary.get("certificate") or {}
+    if cert:
+        rates = ", ".join(f"{f} {cert['batch1'][f]:.2f} vs {cert['batched'][f]:.2f}" for f in ("strict", "loose", "form"))
+        rows.append({"setting": "comparability certificate",
+                     "value": f"{cert['identical']}/{cert['n']} sampled eval items identical at batch 1 and batch "
+                              f"{cert['batch_size']} ({cert['cache']} cache); rates batch-1 vs batched: {rates}"})
+    elif det:
         rows.append({"setting": "batched = batch-1", "value": f"{det.get('agree')}/{det.get('n')} prompts identical"})
     tim = summary.get("timing") or {}
     if tim:

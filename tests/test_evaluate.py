@@ -214,3 +214,45 @@ def test_cai_eval_output_folder_refuses_an_earlier_fewshot_file(tmp_path):
     (out / "eval_base_fewshot.jsonl").write_text("")
     with pytest.raises(CaiError, match="eval_base_fewshot.jsonl"):
         evaluate.check_output_dir(out, tmp_path / "run")
+
+
+def test_stage03_certificate_and_the_profiles_cache_reach_every_generation(tmp_path, tiny_model_dir, monkeypatch):
+    """Issue 13: gen_cache is honoured by all three arms and the certificate; the certificate
+    (batched vs batch-1 on the sample, strings and rates) is in the summary, and the verdict
+    box's warning appears only when batching changed more than the limit."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from cai_lib import adapters, generate as gen, views
+    from cai_lib.models import load_base
+    paths = _stage01(tmp_path)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                          LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    peft.save_pretrained(paths.adapter)
+    (paths.adapter / adapters.ADAPTER_META).write_text(
+        json.dumps({"base_identity": adapters.base_identity(load_base(str(tiny_model_dir)))}))
+    seen = []
+    real = gen.generate
+
+    def recording(*a, **kw):
+        seen.append((kw.get("desc"), kw.get("cache"), kw.get("batch_size")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(gen, "generate", recording)
+    cfg = RunConfig(model=str(tiny_model_dir), eval_max_new_tokens=4, gen_batch_size=2, determinism_sample=2,
+                    n_bootstrap=100, n_fewshot=2, gen_cache="dynamic")
+    summary = evaluate.run_evaluation(cfg, paths, progress=False)
+    descs = [d for d, _, _ in seen]
+    assert {"base", "trained", "base few-shot", "certificate: batched", "certificate: batch 1"} <= set(descs)
+    assert all(c == "dynamic" for _, c, _ in seen), seen
+    cert = summary["certificate"]
+    assert cert["n"] == 2 and cert["batch_size"] == 2 and cert["cache"] == "dynamic"
+    assert set(cert["batched"]) == set(cert["batch1"]) == {"strict", "loose", "form"}
+    assert summary["determinism"]["agree"] == cert["identical"]  # the stage-00-style record is derived from it
+    assert "comparability certificate" in views.decoding_table(summary).to_string()
+    # the verdict-box warning: silent under the limit, one sentence with the rates over it
+    assert views.certificate_warnings({**cert, "identical": 2, "flagged": False}, "stage 03") == []
+    flagged = {**cert, "identical": 1, "flagged": True}
+    (w,) = views.certificate_warnings(flagged, "stage 03")
+    assert "differ on 1/2 sampled eval items" in w and "strict" in w
