@@ -16,14 +16,10 @@ RECORDED = ("n_items", "backend", "decoding", "timing", "determinism", "guard", 
 
 
 def run(run_dir, cfg, *, overwrite: bool = False) -> StageResult:
-    from ..arms import load_arms
-    from ..evaluate import run_evaluation
+    from ..evaluate import evaluate_arms
 
     begin(run_dir, "03", cfg, overwrite=overwrite)
-    paths = run_paths(run_dir)
-    summary = run_evaluation(cfg, paths)
+    summary, arms = evaluate_arms(cfg, run_paths(run_dir))
     facts = {k: summary.get(k) for k in RECORDED}
     finish(run_dir, "03", cfg, status="dry_run" if cfg.dry_run else "done", **facts)
-    # run_evaluation returns the summary only; the three arms' scored records are read once, here
-    arms = None if cfg.dry_run else load_arms(paths)
     return StageResult("03", True, facts, {"summary": summary, "arms": arms})
