@@ -134,7 +134,7 @@ def run_case(a) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from cai_lib import train
+    from cai_lib import train, train_log
     from cai_lib.config import RunConfig
     from cai_lib.jsonl import write_jsonl
     from cai_lib.models import load_base
@@ -191,7 +191,7 @@ def run_case(a) -> dict:
     timed = times[a.warmup:]
     step_s = statistics.mean(timed)
     tokens = marks[n_steps] - marks.get(a.warmup, 0)
-    mem, kind = train.peak_memory()
+    mem, kind = train_log.peak_memory()
     n_params = sum(p.numel() for p in loaded.model.parameters())
     # Useful matmul work: policy forward + backward to activations (frozen base: no weight
     # grads) + reference forward unless precomputed; 2 FLOPs per parameter per token each.

@@ -75,6 +75,13 @@ def generate_three(model, tokenizer, items: list[dict], cfg, *, progress: bool =
 
 
 def run_evaluation(cfg, paths, *, progress: bool = True, generate_fn=None) -> dict:
+    """Stage 03's work: the three arms generated, scored and written; returns the summary."""
+    return evaluate_arms(cfg, paths, progress=progress, generate_fn=generate_fn)[0]
+
+
+def evaluate_arms(cfg, paths, *, progress: bool = True, generate_fn=None) -> tuple[dict, dict | None]:
+    """`run_evaluation`, returning (summary, {"base", "base_fewshot", "trained": scored records})
+    so stage 03 shows the records it wrote without reading them back (None on a dry run)."""
     from .arms import decoding_plan
     from .split import verify_eval_set
     verify_eval_set(paths)  # train file present, hashes match, no leaks — else a one-line refusal
@@ -93,7 +100,7 @@ def run_evaluation(cfg, paths, *, progress: bool = True, generate_fn=None) -> di
         plan["dry_run"] = True
         print(f"dry run: would evaluate {len(items)} items × 3 arms (base raw, base few-shot, trained raw); "
               "nothing generated")
-        return plan
+        return plan, None
     base, fewshot, trained, timing = generate_three(model, loaded.tokenizer, items, cfg, progress=progress,
                                                     generate_fn=generate_fn)
     write_jsonl(paths.eval_base, base)
@@ -115,7 +122,7 @@ def run_evaluation(cfg, paths, *, progress: bool = True, generate_fn=None) -> di
                "base": scoring.summarize(base), "base_fewshot": scoring.summarize(fewshot),
                "trained": scoring.summarize(trained), "answer_skew": _skew(fewshot, trained, cfg)}
     write_json(paths.eval_summary, summary)
-    return summary
+    return summary, {"base": base, "base_fewshot": fewshot, "trained": trained}
 
 
 def _skew(fewshot, trained, cfg) -> dict:

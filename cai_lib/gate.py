@@ -140,3 +140,54 @@ def _in_context_condition(ic: dict | None, *, alpha: float, field: str, required
     return {"value": {"trained_rate": tr, "fewshot_rate": fs, "mcnemar_p": p},
             "required": f"McNemar p < {alpha:g} with trained raw > base few-shot", "met": p < alpha and up,
             "required_for_pass": required, "unmet": unmet}
+
+
+# ---------------------------------------------------------------------------------------
+# stage 04: the run's statistics, its verdict, and the adapter's approval
+# ---------------------------------------------------------------------------------------
+
+FIELDS = ("strict", "loose", "form")
+
+
+def guard_held(run_dir) -> bool:
+    """The gate's guard condition, from the evidence stage 03 recorded when it loaded the
+    model it evaluated (guard.guard_report). Held only when that evidence exists and shows
+    no chat template left on the tokenizer; missing evidence (stage 03 never finished, or
+    an older version did not record it) is not held. Chat markers in prompts cannot pass
+    silently: guard.check_prompts raises before generation, so stage 03 could not finish."""
+    from . import manifest
+    g = manifest.load(run_dir).get("stages", {}).get("03", {}).get("guard")
+    return isinstance(g, dict) and g.get("chat_template_now") is False and bool(g.get("chat_markers_checked"))
+
+
+def run_gate(run_dir, cfg, base: list[dict], trained: list[dict]) -> dict:
+    """Stage 04's judgement, nothing written: paired stats per success field, the in-context
+    block (trained raw vs the base model's few-shot prompt, same items) and the verdict.
+    Returns {"all_stats", "in_context", "gate"}."""
+    from .arms import gate_kwargs, stats_fields
+    from .jsonl import read_json
+    from .split import report_is_clean
+    from .runs import run_paths
+    from .stats import stats_records
+    paths = run_paths(run_dir)
+    all_stats = {f: stats_records(base, trained, field=f, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap,
+                                  alpha=cfg.gate_alpha)
+                 for f in FIELDS}
+    in_context = stats_fields(paths, cfg)
+    gate = gate_verdict(all_stats[cfg.gate_field], target=cfg.gate_target, alpha=cfg.gate_alpha,
+                        leakage_clean=report_is_clean(read_json(paths.overlap_report)),
+                        guard_held=guard_held(run_dir), field=cfg.gate_field, **gate_kwargs(in_context, cfg))
+    return {"all_stats": all_stats, "in_context": in_context, "gate": gate}
+
+
+def record_gate(run_dir, cfg, judged: dict) -> None:
+    """Write results/stats.json and gate.json, and approve the adapter in the manifest only
+    on PASS (`manifest.stage1_adapter` and `cai run --strict` rely on that)."""
+    from . import manifest
+    from .jsonl import write_json
+    from .runs import run_paths
+    paths = run_paths(run_dir)
+    write_json(paths.stats, {"gate_field": cfg.gate_field, **judged["all_stats"], **judged["in_context"]})
+    write_json(paths.gate, judged["gate"])
+    verdict = judged["gate"]["verdict"]
+    manifest.update(run_dir, approval={"adapter_approved": verdict == "PASS", "verdict": verdict})

@@ -43,21 +43,36 @@ class Loaded:
     info: dict = field(default_factory=dict)
 
 
-def _cuda() -> bool:
+def cuda_available() -> bool:
+    """The one CUDA probe of the backend decision and the loaders (tests monkeypatch it)."""
     import torch
     return torch.cuda.is_available()
 
 
 def _importable(name: str) -> bool:
+    """The one package probe: an import attempt, because unsloth raises more than
+    ImportError when CUDA or its driver is missing (tests monkeypatch it)."""
     try:
         importlib.import_module(name)
         return True
-    except Exception:  # unsloth raises more than ImportError when CUDA/driver is missing
+    except Exception:
         return False
 
 
-def pick_backend(requested: str = "auto", purpose: str = "generate") -> str:
-    """The loader for this machine and use.
+def _check_choice(kind: str, value: str, allowed, fix: str) -> None:
+    if value not in allowed:
+        raise CaiError(f"unknown {kind} {value!r}: not one of {', '.join(allowed)} — {fix}")
+
+
+def pick_backend(requested: str = "auto", purpose: str = "generate", quantization: str = "none",
+                 world_size: int = 1, *, loaded_backend: str | None = None, cuda: bool | None = None,
+                 unsloth: bool | None = None) -> str:
+    """The one backend decision, for loading and for training:
+    "unsloth" | "transformers" | "transformers+bnb4" | "transformers+bnb8".
+
+    `loader_of(result)` is the loader `load_base` uses (unsloth or transformers); the
+    "+bnb" suffix says the transformers model is bitsandbytes-quantized, which training
+    prepares with `prepare_model_for_kbit_training`.
 
     auto -> transformers for generation. Seen on an H100 (gpu-small, embedded 270M, 4-bit): with
     the Unsloth-loaded model stage 00 did not finish within two 10-minute calls (the second made
@@ -65,41 +80,64 @@ def pick_backend(requested: str = "auto", purpose: str = "generate") -> str:
     same stage in 192 s. Unsloth's speed-up is a training one, and evaluation must not depend on
     a patched decoding path. For training, auto -> unsloth when CUDA and unsloth are both present,
     else transformers. An explicit "unsloth" is honoured for both.
+
+    `world_size` > 1 (several training processes): Unsloth's open-source build trains on one
+    GPU only, so auto never picks it and an explicit unsloth is refused.
+    `loaded_backend`: the loader a model already in memory came from (training follows it:
+    a model loaded by Unsloth trains with Unsloth). `cuda` / `unsloth` override the probes.
+    Impossible requests are CaiErrors, before anything heavy is loaded.
     """
-    if purpose not in PURPOSES:
-        raise CaiError(f"unknown load purpose {purpose!r}; use one of {', '.join(PURPOSES)}")
-    if requested not in BACKENDS:
-        raise CaiError(f"unknown backend {requested!r}; use one of {', '.join(BACKENDS)}")
-    if requested == "transformers":
-        return "transformers"
-    if requested == "unsloth":
-        if not _cuda():
+    _check_choice("load purpose", purpose, PURPOSES, "pass one of them as purpose")
+    _check_choice("backend", requested, BACKENDS, "fix `backend` in the profile")
+    _check_choice("quantization", quantization, QUANTIZATIONS, "fix `quantization` in the profile")
+    cuda = cuda_available() if cuda is None else cuda
+    if quantization != "none" and not cuda:
+        raise CaiError(f"quantization {quantization} needs a CUDA GPU (bitsandbytes) and this machine has none — "
+                       "set quantization: none for CPU")
+    if requested == "unsloth" or loaded_backend == "unsloth":
+        return _unsloth_checked(requested, world_size, loaded_backend, cuda, unsloth)
+    if requested == "auto" and purpose == "train" and world_size <= 1 and loaded_backend is None and cuda:
+        if _importable("unsloth") if unsloth is None else unsloth:
+            return "unsloth"
+    return {"4bit": "transformers+bnb4", "8bit": "transformers+bnb8"}.get(quantization, "transformers")
+
+
+def _unsloth_checked(requested: str, world_size: int, loaded_backend: str | None, cuda: bool,
+                     unsloth: bool | None) -> str:
+    """"unsloth", or the one line saying why this machine / process layout cannot have it."""
+    if world_size > 1:
+        raise CaiError("backend=unsloth trains on one GPU only — set backend: auto or transformers for multi-GPU "
+                       "training (4-bit QLoRA then runs through bitsandbytes)")
+    if not cuda:
+        if requested == "unsloth":
             raise CaiError("backend unsloth needs a CUDA GPU; on this machine use backend: transformers (or auto)")
-        if not _importable("unsloth"):
-            raise CaiError("backend unsloth requested but unsloth is not installed - install the gpu extra: pip install -e '.[gpu]'")
-        return "unsloth"
-    if purpose == "generate":
-        return "transformers"
-    return "unsloth" if _cuda() and _importable("unsloth") else "transformers"
+        raise CaiError("the model was loaded with Unsloth but there is no CUDA GPU — set backend: transformers")
+    if loaded_backend is not None and loaded_backend != "unsloth":
+        raise CaiError(f"backend=unsloth but the model was loaded with backend {loaded_backend!r} — "
+                       "load it with models.load_base(..., backend='unsloth')")
+    if loaded_backend is None and not (_importable("unsloth") if unsloth is None else unsloth):
+        raise CaiError("backend unsloth requested but unsloth is not installed - install the gpu extra: pip install -e '.[gpu]'")
+    return "unsloth"
+
+
+def loader_of(backend: str) -> str:
+    """The loader behind a `pick_backend` result: "unsloth" or "transformers"."""
+    return "unsloth" if backend == "unsloth" else "transformers"
 
 
 def resolve_dtype(dtype: str = "auto"):
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if _cuda() else torch.float32
+        return torch.bfloat16 if cuda_available() else torch.float32
     if dtype not in _DTYPES:
         raise CaiError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     return getattr(torch, _DTYPES[dtype])
 
 
 def _quant_config(quantization: str, dtype):
-    if quantization not in QUANTIZATIONS:
-        raise CaiError(f"unknown quantization {quantization!r}; use one of {', '.join(QUANTIZATIONS)}")
-    if quantization == "none":
+    if quantization == "none":  # name and CUDA already checked by pick_backend
         return None
-    if not _cuda():
-        raise CaiError(f"quantization {quantization} needs a CUDA GPU (bitsandbytes); on CPU set quantization: none")
     if not _importable("bitsandbytes"):
         raise CaiError(f"quantization {quantization} needs bitsandbytes - install the gpu extra: pip install -e '.[gpu]'")
     from transformers import BitsAndBytesConfig
@@ -180,7 +218,7 @@ def load_base(spec: str, *, dtype: str = "auto", quantization: str = "none", bac
     """
     t0 = time.perf_counter()
     torch_dtype = resolve_dtype(dtype)
-    chosen = pick_backend(backend, purpose)
+    chosen = loader_of(pick_backend(backend, purpose, quantization))
     qcfg = _quant_config(quantization, torch_dtype)
     # Name check first, on what the user typed: an instruct hub id is refused before any
     # download is attempted; then again on the resolved name (e.g. the embedded folder).
@@ -295,7 +333,7 @@ def _load_transformers(folder: Path, torch_dtype, qcfg, trust_remote_code: bool)
     except (OSError, ValueError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CaiError(f"could not load a causal LM from {folder}: {first[:200]}") from None
-    if qcfg is None and _cuda():
+    if qcfg is None and cuda_available():
         model.to("cuda")
     model.eval()
     return model, tok

@@ -1,4 +1,5 @@
-"""Tables and figures for the stage notebooks, and the stage 04 report.
+"""Tables and figures for the stage notebooks (display only: stage entries in
+`cai_lib/stages/` write and record; stage 04's judgement is `gate.run_gate`).
 
 Notebooks stay thin: each table or figure is one call here. Intervals are Wilson 95%
 (cai_lib.stats.wilson); the same function feeds `cai stats`, so a number in the report
@@ -11,8 +12,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from .errors import CaiError
-from .jsonl import read_json, read_jsonl, write_json
+from .jsonl import read_json, read_jsonl
 from .stats import wilson
 
 FIELDS = ("strict", "loose", "form")
@@ -126,10 +126,10 @@ def pairs_frame(pairs: list[dict], n: int = 6, seed: int = 0):
     return sample_frame(pairs, n, seed, cols=("item_id", "type", "prompt", "chosen", "rejected"))
 
 
-def training_curves(training_log_path):
-    """Loss and reward margin against step (from results/training_log.json)."""
+def training_curves(training_log):
+    """Loss and reward margin against step: results/training_log.json's content, or its path."""
     plt = _plt()
-    log = read_json(training_log_path)
+    log = training_log if isinstance(training_log, dict) else read_json(training_log)
     steps = [s for s in log.get("steps", []) if s.get("loss") is not None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     x = [s["step"] for s in steps]
@@ -160,9 +160,9 @@ def models_rates_frame(by_model: dict):
     return rates[["model", "type"] + [c for c in rates.columns if c not in ("model", "type")]]
 
 
-def eval_rates_frame(paths):
-    """Stage 03's base and trained records as a models_rates_frame."""
-    return models_rates_frame({"base": read_jsonl(paths.eval_base), "trained": read_jsonl(paths.eval_trained)})
+def eval_rates_frame(arms: dict):
+    """Stage 03's base and trained records (its result's "arms") as a models_rates_frame."""
+    return models_rates_frame({"base": arms["base"], "trained": arms["trained"]})
 
 
 def run_warnings(run_dir) -> list[str]:
@@ -185,7 +185,7 @@ def run_warnings(run_dir) -> list[str]:
 
 
 def model_bar_chart(rates_df):
-    """Base vs trained, per success field, with Wilson bars (rates_df from build_report)."""
+    """Base vs trained, per success field, with Wilson bars (rates_df from models_rates_frame)."""
     plt = _plt()
     import numpy as np
     overall = rates_df[rates_df["type"] == "all"] if "type" in rates_df else rates_df
@@ -205,63 +205,20 @@ def model_bar_chart(rates_df):
     return fig
 
 
-def build_report(run_dir, cfg, *, write: bool = True) -> dict:
-    """Everything stage 04 shows; with `write`, also writes results/stats.json, gate.json,
-    spot_check.csv and the manifest's approval (a notebook opened on a finished run shows
-    the figures without rewriting them)."""
-    from . import manifest
-    from .gate import gate_verdict
-    from .split import report_is_clean
-    from .runs import run_paths
-    from .spot_check import spot_check_agreement, write_spot_check
-    from .stats import stats_records
+def report_frames(paths, cfg, base: list[dict], trained: list[dict], judged: dict, spot_check) -> dict:
+    """What stage 04 shows, from its inputs and `gate.run_gate`'s judgement (nothing written):
+    the keys `views.verdict_box`, `examples_frame` and the notebook read."""
     pd = _pd()
-    paths = run_paths(run_dir)
-    for p, stage in ((paths.eval_base, "03"), (paths.eval_trained, "03"), (paths.overlap_report, "01")):
-        if not p.exists():
-            raise CaiError(f"{p}: missing — run stage {stage} first (cai run --stages {stage})")
-    base, trained = read_jsonl(paths.eval_base), read_jsonl(paths.eval_trained)
-    stats = {f: stats_records(base, trained, field=f, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap,
-                            alpha=cfg.gate_alpha)
-             for f in FIELDS}
-    from .arms import gate_kwargs, stats_fields
-    in_context = stats_fields(paths, cfg)  # trained raw vs the base model's few-shot prompt, same items
-    overlap = read_json(paths.overlap_report)
-    guard_held = _guard_held(run_dir)
-    gate = gate_verdict(stats[cfg.gate_field], target=cfg.gate_target, alpha=cfg.gate_alpha,
-                        leakage_clean=report_is_clean(overlap), guard_held=guard_held, field=cfg.gate_field,
-                        **gate_kwargs(in_context, cfg))
-    if write:
-        write_json(paths.stats, {"gate_field": cfg.gate_field, **stats, **in_context})
-        write_json(paths.gate, gate)
-        manifest.update(run_dir, approval={"adapter_approved": gate["verdict"] == "PASS", "verdict": gate["verdict"]})
-
-    rates = models_rates_frame({"base": base, "trained": trained})
-
-    if write or not paths.spot_check.exists():
-        write_spot_check(base, trained, paths.spot_check, n=cfg.spot_check_n, seed=cfg.seed)
-    spot = spot_check_agreement(paths.spot_check, field=cfg.gate_field)
-
     trained_by_id = {r["id"]: r for r in trained}
     paired = [(b, trained_by_id[b["id"]]) for b in base if b["id"] in trained_by_id]
     failures = pd.concat({"base": failure_counts(base).sum(axis=1) if base else pd.Series(dtype=int),
                           "trained": failure_counts(trained).sum(axis=1) if trained else pd.Series(dtype=int)},
                          axis=1).fillna(0).astype(int)
-    return {"stats": stats[cfg.gate_field], "all_stats": stats, "gate": gate, "rates": rates,
+    return {"stats": judged["all_stats"][cfg.gate_field], "all_stats": judged["all_stats"], "gate": judged["gate"],
+            "rates": models_rates_frame({"base": base, "trained": trained}),
             "paired": paired, "field": cfg.gate_field, "failures": failures,
             "vs_baseline": vs_baseline_frame(paths, trained, cfg.gate_field),
-            "spot_check": spot, "seed": cfg.seed, "in_context": in_context}
-
-
-def _guard_held(run_dir) -> bool:
-    """The gate's guard condition, from the evidence stage 03 recorded when it loaded the
-    model it evaluated (guard.guard_report). Held only when that evidence exists and shows
-    no chat template left on the tokenizer; missing evidence (stage 03 never finished, or
-    an older version did not record it) is not held. Chat markers in prompts cannot pass
-    silently: guard.check_prompts raises before generation, so stage 03 could not finish."""
-    from . import manifest
-    g = manifest.load(run_dir).get("stages", {}).get("03", {}).get("guard")
-    return isinstance(g, dict) and g.get("chat_template_now") is False and bool(g.get("chat_markers_checked"))
+            "spot_check": spot_check, "seed": cfg.seed, "in_context": judged["in_context"]}
 
 
 def vs_baseline_frame(paths, trained: list[dict], field: str):
@@ -299,21 +256,3 @@ def examples_frame(result: dict, kind: str, n: int = 5):
     return pd.DataFrame([{"id": b["id"], "instruction": b["instruction"], "base": b.get("response"),
                           "trained": t.get("response"), "base_failures": ", ".join(b.get("failures", [])),
                           "trained_failures": ", ".join(t.get("failures", []))} for b, t in rows[:n]])
-
-
-def manifest_view(run_dir, *, write: bool = True):
-    from . import manifest
-    from .runs import run_paths
-    from .jsonl import sha256_file
-    paths = run_paths(run_dir)
-    m = manifest.update(run_dir, files=manifest.file_hashes(run_dir)) if write else manifest.load(run_dir)
-    return {
-        "run": m.get("run"), "config": m.get("config"), "seeds": m.get("seeds"),
-        "eval_set": {"path": str(paths.eval_instructions),
-                     "sha256": sha256_file(paths.eval_instructions),
-                     "overlap_report_sha256": sha256_file(paths.overlap_report)},
-        "versions": m.get("versions"), "git": m.get("git"), "hardware": m.get("hardware"),
-        "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("fingerprint",)}
-                   for k, v in m.get("stages", {}).items()},
-        "approval": m.get("approval"),
-    }

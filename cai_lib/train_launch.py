@@ -60,15 +60,15 @@ def adapt_batch(cfg, world: int, mode: str = "keep-global"):
 
 
 def distributed_backend(cfg, world: int):
-    """Unsloth's open-source build trains on one GPU only; several processes use the
-    transformers(+bitsandbytes) backend. auto → transformers; unsloth asked → refusal."""
+    """The run configuration for `world` processes. The decision is `models.pick_backend`'s:
+    Unsloth's open-source build trains on one GPU only, so auto means transformers and an
+    explicit unsloth is refused; the loader it names replaces `backend`, so every process
+    loads the base model the same way."""
 
     if world <= 1:
         return cfg
-    if cfg.backend == "unsloth":
-        raise CaiError("backend=unsloth trains on one GPU only — set backend: auto or transformers for multi-GPU "
-                       "training (4-bit QLoRA then runs through bitsandbytes)")
-    return dataclasses.replace(cfg, backend="transformers")
+    from .models import loader_of, pick_backend
+    return dataclasses.replace(cfg, backend=loader_of(pick_backend(cfg.backend, "train", cfg.quantization, world)))
 
 
 def lora_fingerprint(named_tensors) -> str:

@@ -59,7 +59,8 @@ def table(rows: list[dict]):
 
 def run_header(run_dir, cfg, stage_key: str):
     """Which run, which model, which settings this stage used — the first thing on each page."""
-    from . import manifest, stages
+    from . import manifest
+    from .stages import records as stages
     m = manifest.load(run_dir)
     run = m.get("run", {})
     st = stages.stage(stage_key)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cai_lib import model_card, progress, stages, train
+from cai_lib import model_card, pair_tokens, progress, stages, train, train_log
 from cai_lib.config import RunConfig
 from cai_lib.errors import CaiError
-from cai_lib.jsonl import read_json, write_json, write_jsonl
+from cai_lib.jsonl import read_json, sha256_file, write_json, write_jsonl
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import easy_pairs, load_dir, pairs_path, small_cfg  # noqa: E402
@@ -93,11 +93,11 @@ def test_report_to_is_validated_by_runconfig():
 
 def test_report_to_needs_its_package_and_says_so(tmp_path, monkeypatch):
     import importlib.util
-    assert train.reporting_args(small_cfg(), tmp_path) == {"report_to": "none"}
+    assert train_log.reporting_args(small_cfg(), tmp_path) == {"report_to": "none"}
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(CaiError, match="report_to=wandb but the package wandb is not installed — pip install wandb"):
-        train.reporting_args(small_cfg(report_to="wandb"), tmp_path)
+        train_log.reporting_args(small_cfg(report_to="wandb"), tmp_path)
 
 
 @pytest.fixture()
@@ -119,7 +119,7 @@ def test_training_log_keeps_the_trainers_own_log_history(trained_run):
     assert [e["step"] for e in steps] == [1, 2]
     assert {"rewards/margins", "rewards/accuracies", "learning_rate"} <= set(steps[0])  # TRL's own names
     assert [e["loss"] for e in steps] == [s["loss"] for s in log["steps"]]
-    curves = train.log_history_curves(log["log_history"])
+    curves = train_log.log_history_curves(log["log_history"])
     assert curves["loss"] == ([1, 2], [e["loss"] for e in steps])
 
 
@@ -166,7 +166,7 @@ def test_adapter_records_portable_base_manifest_hash_and_a_filled_card(trained_r
     meta = json.loads((ad / "cai_adapter.json").read_text())
     assert meta["base_model"] == Path(tiny_model_dir).name and meta["run_id"] == "r7"
     assert meta["manifest_sha256"] and len(meta["manifest_sha256"]) == 64
-    assert meta["config_sha256"] == stages.sha256_file(run / "config.json")
+    assert meta["config_sha256"] == sha256_file(run / "config.json")
     card = (ad / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: peft")
     assert f"`{meta['base_model']}`" in card and summary["pairs_sha256"] in card and meta["manifest_sha256"] in card
@@ -210,11 +210,11 @@ def test_pairs_file_holds_the_text_trl_trains_on(tiny_tok, tmp_path, leading_spa
     write_jsonl(tmp_path / "p.jsonl", [rec])
     row = load_dataset("json", data_files=str(tmp_path / "p.jsonl"), split="train")[0]
     # what cai trains on, decoded, is the file's prompt + chosen (+ EOS, which TRL appends too)
-    enc = train.encode_pair(tiny_tok, row, leading_space=leading_space)
+    enc = pair_tokens.encode_pair(tiny_tok, row, leading_space=leading_space)
     text = tiny_tok.decode(enc["prompt_ids"] + enc["chosen_ids"], skip_special_tokens=False)
     assert text == tiny_tok.bos_token + row["prompt"] + row["chosen"] + tiny_tok.eos_token
     # the same ids as from the raw answer (files written before this change still train the same)
-    assert train.encode_pair(tiny_tok, raw, leading_space=leading_space) == enc
+    assert pair_tokens.encode_pair(tiny_tok, raw, leading_space=leading_space) == enc
 
 
 # ---- cai --version, argument help, exit codes ------------------------------------------------

@@ -164,8 +164,10 @@ def test_stage03_writes_the_fewshot_arm_and_stats_fields(tmp_path, tiny_model_di
         json.dumps({"base_identity": adapters.base_identity(load_base(str(tiny_model_dir)))}))
     cfg = RunConfig(model=str(tiny_model_dir), eval_max_new_tokens=4, gen_batch_size=2, determinism_sample=0,
                     n_bootstrap=100, n_fewshot=2)
-    summary = evaluate.run_evaluation(cfg, paths, progress=False)
+    summary, scored = evaluate.evaluate_arms(cfg, paths, progress=False)
     fs = read_jsonl(paths.eval_fewshot)
+    # stage 03's entry shows what was written without reading it back: the returned records are the files
+    assert scored == {"base": read_jsonl(paths.eval_base), "base_fewshot": fs, "trained": read_jsonl(paths.eval_trained)}
     assert [r["id"] for r in fs] == [r["id"] for r in read_jsonl(paths.eval_base)] == [it["id"] for it in ITEMS]
     assert summary["base_fewshot"]["n"] == 3 and "answer_skew" in summary
     assert read_json(paths.eval_summary)["fewshot_arm"]["stop_strings"] == ["\n\n", "\nInstruction:", "\nResponse:"]

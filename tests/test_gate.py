@@ -112,14 +112,14 @@ def test_guard_condition_reads_real_evidence_from_stage_03(tmp_path):
     """Missing evidence (stage 03 never ran) or a chat template on the evaluated tokenizer
     fails the condition; only recorded, clean evidence holds it."""
     from cai_lib import manifest
-    from cai_lib.report import _guard_held
-    assert _guard_held(tmp_path) is False  # nothing recorded
+    from cai_lib.gate import guard_held
+    assert guard_held(tmp_path) is False  # nothing recorded
     manifest.update_stage(tmp_path, "00", guard={"chat_template_now": False, "chat_markers_checked": ["<|im_start|>"]})
-    assert _guard_held(tmp_path) is False  # stage 00's evidence is about another load
+    assert guard_held(tmp_path) is False  # stage 00's evidence is about another load
     manifest.update_stage(tmp_path, "03", guard={"chat_template_now": True, "chat_markers_checked": ["<|im_start|>"]})
-    assert _guard_held(tmp_path) is False
+    assert guard_held(tmp_path) is False
     manifest.update_stage(tmp_path, "03", guard={"chat_template_now": False, "chat_markers_checked": ["<|im_start|>"]})
-    assert _guard_held(tmp_path) is True
+    assert guard_held(tmp_path) is True
 
 
 # ---- beats_in_context: reported always, required only when asked (issue 12) --------------------

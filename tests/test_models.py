@@ -118,13 +118,44 @@ def test_pick_backend_on_cpu():
 
 def test_auto_backend_uses_unsloth_for_training_only(monkeypatch):
     """On a CUDA machine with Unsloth, auto trains with Unsloth but generates with transformers."""
-    monkeypatch.setattr(models, "_cuda", lambda: True)
+    monkeypatch.setattr(models, "cuda_available", lambda: True)
     monkeypatch.setattr(models, "_importable", lambda name: True)
     assert models.pick_backend("auto", "train") == "unsloth"
     assert models.pick_backend("auto", "generate") == "transformers"
     assert models.pick_backend("unsloth", "generate") == "unsloth"  # explicit choice honoured
     with pytest.raises(CaiError, match="unknown load purpose"):
         models.pick_backend("auto", "serve")
+
+
+def test_training_backend_follows_the_machine():
+    """purpose="train": the backend names training acts on (bitsandbytes base → +bnb)."""
+    pb = models.pick_backend
+    assert pb("auto", "train", "none", cuda=False) == "transformers"
+    assert pb("transformers", "train", "none", cuda=False) == "transformers"
+    assert pb("auto", "train", "4bit", cuda=True, unsloth=True) == "unsloth"
+    assert pb("auto", "train", "4bit", cuda=True, unsloth=False) == "transformers+bnb4"
+    assert pb("transformers", "train", "4bit", cuda=True, unsloth=True, loaded_backend="transformers") == "transformers+bnb4"
+    assert pb("auto", "train", "4bit", cuda=True, loaded_backend="unsloth") == "unsloth"
+    with pytest.raises(CaiError, match="unsloth needs a CUDA GPU"):
+        pb("unsloth", "train", "none", cuda=False)
+    with pytest.raises(CaiError, match="needs a CUDA GPU"):
+        pb("auto", "train", "4bit", cuda=False)
+    with pytest.raises(CaiError, match="not one of"):
+        pb("deepspeed", "train", "none", cuda=False)
+    with pytest.raises(CaiError, match="not installed"):
+        pb("unsloth", "train", "4bit", cuda=True, unsloth=False)
+
+
+def test_several_processes_never_train_with_unsloth():
+    pb = models.pick_backend
+    assert pb("auto", "train", "none", 2, cuda=True, unsloth=True) == "transformers"
+    assert pb("auto", "train", "4bit", 2, cuda=True, unsloth=True) == "transformers+bnb4"
+    assert pb("unsloth", "train", "none", 1, cuda=True, unsloth=True) == "unsloth"
+    with pytest.raises(CaiError, match="one GPU only"):
+        pb("unsloth", "train", "none", 2, cuda=True, unsloth=True)
+    with pytest.raises(CaiError, match="one GPU only"):
+        pb("auto", "train", "none", 2, cuda=True, loaded_backend="unsloth")
+    assert models.loader_of("transformers+bnb4") == "transformers" and models.loader_of("unsloth") == "unsloth"
 
 
 def test_instruct_named_model_refused_unless_allowed(tiny_model_dir, tmp_path):
@@ -170,7 +201,7 @@ def test_unsloth_backend_uses_fast_language_model(tiny_model_dir, monkeypatch):
             calls["for_inference"] = calls.get("for_inference", 0) + 1
 
     monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FakeFLM))
-    monkeypatch.setattr(models, "_cuda", lambda: True)
+    monkeypatch.setattr(models, "cuda_available", lambda: True)
     loaded = models.load_base(str(tiny_model_dir), dtype="float32", purpose="train")
     assert loaded.backend == "unsloth"
     assert calls["model_name"] == str(tiny_model_dir) and calls["load_in_4bit"] is False

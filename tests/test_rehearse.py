@@ -63,7 +63,7 @@ def test_built_folder_loads_through_the_package_with_bos_policy_none(tiny_dir):
 
 def test_dpo_pair_ends_in_eos_without_bos(tiny_dir):
     from cai_lib.models import load_base
-    from cai_lib.train import encode_pair
+    from cai_lib.pair_tokens import encode_pair
 
     loaded = load_base(str(tiny_dir), dtype="float32")
     enc = encode_pair(loaded.tokenizer, {"prompt": "Name a color.", "chosen": "Blue.", "rejected": "Cats."},

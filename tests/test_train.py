@@ -17,7 +17,7 @@ import torch
 from cai_lib.config import RunConfig
 from cai_lib.errors import CaiError
 from cai_lib.jsonl import read_json, write_jsonl
-from cai_lib import train
+from cai_lib import checkpoints, pair_tokens, train
 
 torch.set_num_threads(1)
 
@@ -68,100 +68,9 @@ def pairs_path(run_dir):
 
 
 def probe_logits(model, tok):
-    ids = train.encode_prompt(tok, "Answer this question: What is 1 plus 1?") + tok("\nFour.", add_special_tokens=False)["input_ids"]
+    ids = pair_tokens.encode_prompt(tok, "Answer this question: What is 1 plus 1?") + tok("\nFour.", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         return model(input_ids=torch.tensor([ids])).logits.float()
-
-
-# ---------------------------------------------------------------------------------------
-# tokenization
-# ---------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("leading_space,sep", [(False, "\n"), (True, " ")])
-def test_prompt_plus_chosen_is_bos_prompt_completion_eos(tiny_tok, leading_space, sep):
-    row = {"prompt": "Answer this question: What is the capital of France?", "chosen": "  Paris.\n", "rejected": "Q: next"}
-    enc = train.encode_pair(tiny_tok, row, leading_space=leading_space)
-    full = enc["prompt_ids"] + enc["chosen_ids"]
-    bos, eos = tiny_tok.bos_token_id, tiny_tok.eos_token_id
-    # BOS exactly once, first; EOS exactly once, last.
-    assert full[0] == bos and full.count(bos) == 1
-    assert full[-1] == eos and full.count(eos) == 1
-    assert enc["rejected_ids"][-1] == eos and enc["rejected_ids"].count(eos) == 1
-    # The prompt is what evaluation encodes: BOS + the raw instruction, no chat template.
-    assert enc["prompt_ids"] == [bos] + tiny_tok(row["prompt"], add_special_tokens=False)["input_ids"]
-    turn = tiny_tok.convert_tokens_to_ids("<start_of_turn>")
-    assert turn not in full
-    # The text the model is taught to write after the instruction: separator + answer, then EOS.
-    assert tiny_tok.decode(enc["chosen_ids"][:-1]) == sep + "Paris."
-    assert tiny_tok.decode(full, skip_special_tokens=True) == row["prompt"] + sep + "Paris."
-
-
-def test_prompt_ending_in_newline_gets_no_second_newline(tiny_tok):
-    enc = train.encode_pair(tiny_tok, {"prompt": "List three colors.\n", "chosen": "red", "rejected": "Q:"}, leading_space=False)
-    assert tiny_tok.decode(enc["chosen_ids"][:-1]) == "red"
-
-
-def test_long_pairs_are_dropped_and_counted(tiny_tok):
-    rows = easy_pairs(4) + [
-        {"prompt": "What is two plus two? " * 20, "chosen": "Four.", "rejected": "Five."},
-        {"prompt": "Is water wet?", "chosen": "Yes. " * 40, "rejected": "No."},
-        {"prompt": "Is water wet?", "chosen": "Yes.", "rejected": " Yes. "},
-        {"prompt": "Is water wet?", "chosen": "  ", "rejected": "No."},
-        {"prompt": "Is water wet?", "chosen": "Yes.<eos> Q: more", "rejected": "No."},
-    ]
-    records, counts = train.prepare_pairs(tiny_tok, rows, small_cfg())
-    assert counts["total"] == 9 and counts["used"] == 4 == len(records)
-    assert counts["dropped_prompt_too_long"] == 1 and counts["dropped_too_long"] == 1
-    assert counts["dropped_identical"] == 1 and counts["dropped_empty"] == 1 and counts["dropped_special_tokens"] == 1
-    assert all(len(r["prompt_ids"]) + len(r["chosen_ids"]) <= 64 for r in records)
-
-
-def test_chat_turn_markers_in_a_completion_drop_the_pair(tiny_tok):
-    """<start_of_turn> is an added special token outside all_special_ids: training must not
-    teach the base model chat markers the guard refuses in prompts."""
-    assert tiny_tok.convert_tokens_to_ids("<start_of_turn>") not in tiny_tok.all_special_ids
-    rows = easy_pairs(2) + [{"prompt": "Say hi.", "chosen": "Hi <start_of_turn>user", "rejected": "No."}]
-    records, counts = train.prepare_pairs(tiny_tok, rows, small_cfg())
-    assert counts["dropped_special_tokens"] == 1 and counts["used"] == 2 == len(records)
-
-
-def test_all_pairs_too_long_is_an_error(tiny_tok, tmp_path):
-    with pytest.raises(CaiError, match="all 8 pairs were dropped"):
-        train.prepare_pairs(tiny_tok, easy_pairs(), small_cfg(max_length=8, max_prompt_length=4))
-
-
-@pytest.mark.parametrize("content,match", [
-    ("", "no preference pairs"),
-    ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen"\n', "not valid JSON"),
-    ('{"prompt": "a", "chosen": "b"}\n', "missing field 'rejected'"),
-    ('{"prompt": "a", "chosen": 3, "rejected": "c"}\n', "must be a string"),
-])
-def test_bad_pairs_file(tmp_path, content, match):
-    p = tmp_path / "pairs.jsonl"
-    p.write_text(content)
-    with pytest.raises(CaiError, match=match):
-        train.load_pairs(p)
-
-
-# ---------------------------------------------------------------------------------------
-# backend
-# ---------------------------------------------------------------------------------------
-
-def test_backend_follows_the_machine():
-    assert train.pick_training_backend("auto", "none", cuda=False) == "transformers"
-    assert train.pick_training_backend("transformers", "none", cuda=False) == "transformers"
-    assert train.pick_training_backend("auto", "4bit", cuda=True, unsloth=True) == "unsloth"
-    assert train.pick_training_backend("auto", "4bit", cuda=True, unsloth=False) == "transformers+bnb4"
-    assert train.pick_training_backend("transformers", "4bit", cuda=True, unsloth=True, loaded_backend="transformers") == "transformers+bnb4"
-    assert train.pick_training_backend("auto", "4bit", cuda=True, loaded_backend="unsloth") == "unsloth"
-    with pytest.raises(CaiError, match="unsloth needs a CUDA GPU"):
-        train.pick_training_backend("unsloth", "none", cuda=False)
-    with pytest.raises(CaiError, match="needs a CUDA GPU"):
-        train.pick_training_backend("auto", "4bit", cuda=False)
-    with pytest.raises(CaiError, match="not one of"):
-        train.pick_training_backend("deepspeed", "none", cuda=False)
-    with pytest.raises(CaiError, match="not installed"):
-        train.pick_training_backend("unsloth", "4bit", cuda=True, unsloth=False)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
@@ -224,7 +133,7 @@ def test_dpo_learns_and_records(tiny_model_dir, run_dir):
     assert steps[-1]["reward_margin"] > 0 and steps[-1]["accuracy"] == 1.0
     # tokens seen: cumulative non-pad tokens of both sequences of every pair processed
     per_epoch = sum(len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"])
-                    for r in train.prepare_pairs(loaded.tokenizer, easy_pairs(), small_cfg())[0])
+                    for r in pair_tokens.prepare_pairs(loaded.tokenizer, easy_pairs(), small_cfg())[0])
     assert summary["tokens_seen"] == steps[-1]["tokens_seen"] == per_epoch * 6  # 12 steps of 4 = 6 epochs of 8
     assert all(b["tokens_seen"] > a["tokens_seen"] for a, b in zip(steps, steps[1:]))
     assert summary["peak_memory_bytes"] > 0
@@ -272,7 +181,7 @@ def test_resume_after_interruption_continues_not_restarts(tiny_model_dir, tmp_pa
     write_jsonl(run / "data" / "preference_pairs.jsonl", easy_pairs())
     with pytest.raises(RuntimeError, match="simulated kill"):
         train.train_dpo(load_dir(tiny_model_dir), pairs_path(run), run, cfg, progress=False, callbacks=[Crash()])
-    assert [p.name for p in train.complete_checkpoints(run / "checkpoints")][-1] == "checkpoint-4"
+    assert [p.name for p in checkpoints.complete_checkpoints(run / "checkpoints")][-1] == "checkpoint-4"
     assert not (run / "adapter").exists()
 
     resumed = train.train_dpo(load_dir(tiny_model_dir), pairs_path(run), run, cfg, progress=False)

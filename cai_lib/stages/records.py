@@ -1,4 +1,4 @@
-"""The five stages: what each reads and writes, and whether its results can be trusted.
+"""The five stages' records: what each reads and writes, and whether its results can be trusted.
 
 A stage's manifest record is the only evidence that its files are its own finished work:
 `begin` marks it running (and refuses when a stage it depends on is not finished, or was
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import manifest
-from .errors import CaiError
-from .jsonl import sha256_file
-from .runs import run_paths
+from .. import manifest
+from ..errors import CaiError
+from ..jsonl import sha256_file
+from ..runs import run_paths
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def input_files(st: Stage, cfg, paths) -> dict:
     """Every file whose content decides this stage's results (beyond code and parameters)."""
     files = {name: getattr(paths, name) for name in st.inputs}
     if st.key == "00":  # the baseline item file: editing it must rerun stage 00
-        from .items import starter_items_path
+        from ..items import starter_items_path
         files["baseline_items"] = Path(cfg.baseline_items) if cfg.baseline_items else starter_items_path()
     return files
 
@@ -95,7 +96,7 @@ def stage_params(st: Stage, cfg, declared=None) -> dict:
 
 
 def notebook_parameter_names(st: Stage) -> set:
-    from .runs import PROJECT_ROOT
+    from ..runs import PROJECT_ROOT
     import papermill as pm
     return set(pm.inspect_notebook(str(PROJECT_ROOT / "notebooks" / f"{st.notebook}.ipynb")))
 
@@ -176,3 +177,22 @@ def finish(run_dir, key: str, cfg, *, status: str = "done", **info) -> dict:
         **info, "status": status, "finished_at": time.time(), "params": stage_params(st, cfg),
         "inputs": hashes(input_files(st, cfg, paths)),
         "outputs": output_hashes(st, paths) if status == "done" else None})
+
+
+@dataclass
+class StageResult:
+    """What a stage entry returns: `written` is False when a finished stage was shown
+    without rewriting it (stage 04 on a finished run); `record` holds the facts recorded
+    in the manifest; `data` what the notebook displays (records, summaries, the loaded
+    model ...), also reachable as result["name"]."""
+    key: str
+    written: bool
+    record: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.data[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.data.get(name, default)
+
