@@ -41,8 +41,8 @@ def load_models(cfg, paths):
 
 def generate_both(model, tokenizer, items: list[dict], cfg, *, progress: bool = True,
                   generate_fn=None) -> tuple[list, list, dict]:
-    """`generate_fn` defaults to generate.generate; a sharded generator
-    (distributed.ShardedGenerate) can stand in when several processes share the work."""
+    """Base (adapter off) and trained (adapter on) on the same raw instructions, same batches.
+    `generate_fn` defaults to generate.generate with the profile's gen_cache (tests inject fakes)."""
     from .adapters import adapter_disabled
     from .generate import generate as _generate
     # the profile's KV cache choice (gen_cache) for the real generator; injected ones decide their own

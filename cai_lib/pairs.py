@@ -163,7 +163,7 @@ def trl_record(pair: dict, leading_space: bool) -> dict:
     trains on after `prompt` (the separator included; TRL appends EOS itself), so stock TRL on
     `load_dataset("json", ...)` of the file trains what cai trains. The stripped answers stay
     in `chosen_answer` / `rejected_answer`, which `train.encode_pair` reads."""
-    from .train import completion_text
+    from .pair_tokens import completion_text
     return {**pair, "chosen": completion_text(pair["prompt"], pair["chosen"], leading_space),
             "rejected": completion_text(pair["prompt"], pair["rejected"], leading_space),
             "chosen_answer": pair["chosen"], "rejected_answer": pair["rejected"]}

@@ -303,10 +303,12 @@ def _stage_plan(cfg: dict) -> list[dict]:
 
 
 def _training_backend(cfg: dict) -> str:
-    b = cfg.get("backend", "auto")
-    if b == "auto":  # what auto picks on a CUDA machine with the gpu extra installed
-        return "unsloth" if cfg.get("quantization", "none") != "none" else "transformers"
-    return b
+    """What models.pick_backend (the one backend decision) picks for training on a CUDA machine
+    with the gpu extra installed, in this module's two memory vocabularies."""
+    from .models import pick_backend  # no torch at import: the pre-flight stays arithmetic
+
+    b = pick_backend(cfg.get("backend", "auto"), "train", cfg.get("quantization", "none"), 1, cuda=True, unsloth=True)
+    return "unsloth" if b == "unsloth" else "transformers"
 
 
 def _with_defaults(cfg_values: dict) -> dict:

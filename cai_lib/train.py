@@ -25,7 +25,7 @@ from .distributed import init_distributed
 from .errors import CaiError
 from .jsonl import sha256_file, write_json
 from .models import cuda_available, pick_backend
-from .pair_tokens import completion_text, load_pairs, prepare_pairs  # noqa: F401  (completion_text: pairs.py imports it from here)
+from .pair_tokens import load_pairs, prepare_pairs
 from .runs import run_paths
 from .train_log import make_log_callback, peak_memory, previous_log, reporting_args, training_versions, use_text_step_bar
 
