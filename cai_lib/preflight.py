@@ -106,10 +106,12 @@ UNSLOTH_COMPILE_S = 45.0  # first-step compilation seen at 7B (42 s); a fixed co
 # tens of percent). Longest instruction 22 tokens; longest 3-example frames without the
 # inserted instruction/answer/critique; longest stage-00 prompt (few_shot format) 148.
 INSTRUCTION_TOKENS = 22
-FRAME_TOKENS = {"response": 143, "critique": 335, "revision": 382, "raw": 0}
+FRAME_TOKENS = {"response": 143, "sample": 143, "critique": 335, "revision": 382, "raw": 0}  # sample: the response frame
 BASELINE_PROMPT_TOKENS = 148
 STARTER_ITEMS = 144
-PAIR_STEPS = {"format_distillation": ("response", "raw"), "critique_revision": ("response", "critique", "revision")}
+# self_consistency's "sample" step decodes the response frame pair_sc_k times (one pass each)
+PAIR_STEPS = {"format_distillation": ("response", "raw"), "critique_revision": ("response", "critique", "revision"),
+              "self_consistency": ("response", "sample", "raw")}
 
 
 @dataclass(frozen=True)
@@ -283,7 +285,7 @@ def _stage_plan(cfg: dict) -> list[dict]:
     det = int(cfg.get("determinism_sample", 8))
     dmax = int(cfg.get("data_max_new_tokens", 48))
     steps = PAIR_STEPS.get(cfg.get("pair_strategy", "format_distillation"), PAIR_STEPS["critique_revision"])
-    inserted = {"response": 0, "raw": 0, "critique": dmax, "revision": 2 * dmax}  # answer (+ critique) pasted in
+    inserted = {"response": 0, "sample": 0, "raw": 0, "critique": dmax, "revision": 2 * dmax}  # answer (+ critique) pasted in
     longest01 = max(FRAME_TOKENS[st] + INSTRUCTION_TOKENS + inserted[st] for st in steps)
     new00, new03 = int(cfg.get("baseline_max_new_tokens", 48)), int(cfg.get("eval_max_new_tokens", 48))
     return [
@@ -291,7 +293,7 @@ def _stage_plan(cfg: dict) -> list[dict]:
          "prompts": n_items * n_formats, "passes": 1, "extra": 1,  # + one call for the 6 sentinels
          "determinism": min(det, n_items), "new_key": "baseline_max_new_tokens"},
         {"stage": "01_generate", "batch": batch, "prompt": longest01, "new": dmax, "lora": False,
-         "prompts": int(cfg.get("n_train_items", 0)), "passes": len(steps), "extra": 0,
+         "prompts": int(cfg.get("n_train_items", 0)), "passes": len(steps) - 1 + int(cfg.get("pair_sc_k", 4)) if "sample" in steps else len(steps), "extra": 0,
          "determinism": 0, "new_key": "data_max_new_tokens"},
         # three arms on the same items: base raw, trained raw, and base with the few-shot
         # response frame (issue 12's in-context arm) - its prompts are the stage's longest, so

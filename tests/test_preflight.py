@@ -262,3 +262,12 @@ def test_cai_run_preflight_refuses_a_stage_that_will_not_fit_before_writing_anyt
     assert not (runs_root() / "pf").exists()
     code = main(["run", "--profile", "cpu-quick", "--preflight"])  # no GPU here and no --gpu-gib
     assert code == 1 and "--gpu-gib" in capsys.readouterr().err
+
+
+def test_self_consistency_plans_k_sampled_passes_of_the_response_frame():
+    cfg = pf._with_defaults({**profile("gpu-small"), "pair_strategy": "self_consistency", "pair_sc_k": 5})
+    plan = {p["stage"]: p for p in pf._stage_plan(cfg)}["01_generate"]
+    assert plan["passes"] == 2 + 5  # greedy response, raw continuation, and k sampled responses
+    assert plan["prompt"] == pf.FRAME_TOKENS["response"] + pf.INSTRUCTION_TOKENS
+    fd = {p["stage"]: p for p in pf._stage_plan({**cfg, "pair_strategy": "format_distillation"})}["01_generate"]
+    assert fd["passes"] == 2
