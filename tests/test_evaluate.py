@@ -148,13 +148,13 @@ def test_fewshot_arm_refuses_an_eval_item_as_an_example():
     assert exc.value.exit_code == 2
 
 
-def test_stage03_writes_the_fewshot_arm_and_stats_fields(tmp_path, tiny_model_dir):
+def _stage01_with_adapter(tmp_path, tiny_model_dir):
+    """Stage 01's outputs plus a random LoRA adapter recorded as trained on the tiny base."""
     import json
 
     from transformers import AutoModelForCausalLM
 
-    from cai_lib import adapters, arms
-    from cai_lib.jsonl import read_json, read_jsonl
+    from cai_lib import adapters
     from cai_lib.models import load_base
     paths = _stage01(tmp_path)
     peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
@@ -162,6 +162,15 @@ def test_stage03_writes_the_fewshot_arm_and_stats_fields(tmp_path, tiny_model_di
     peft.save_pretrained(paths.adapter)
     (paths.adapter / adapters.ADAPTER_META).write_text(
         json.dumps({"base_identity": adapters.base_identity(load_base(str(tiny_model_dir)))}))
+    return paths
+
+
+def test_stage03_writes_the_fewshot_arm_and_stats_fields(tmp_path, tiny_model_dir):
+    import json
+
+    from cai_lib import arms
+    from cai_lib.jsonl import read_json, read_jsonl
+    paths = _stage01_with_adapter(tmp_path, tiny_model_dir)
     cfg = RunConfig(model=str(tiny_model_dir), eval_max_new_tokens=4, gen_batch_size=2, determinism_sample=0,
                     n_bootstrap=100, n_fewshot=2)
     summary, scored = evaluate.evaluate_arms(cfg, paths, progress=False)
@@ -222,18 +231,8 @@ def test_stage03_certificate_and_the_profiles_cache_reach_every_generation(tmp_p
     """Issue 13: gen_cache is honoured by all three arms and the certificate; the certificate
     (batched vs batch-1 on the sample, strings and rates) is in the summary, and the verdict
     box's warning appears only when batching changed more than the limit."""
-    import json
-
-    from transformers import AutoModelForCausalLM
-
-    from cai_lib import adapters, generate as gen, views
-    from cai_lib.models import load_base
-    paths = _stage01(tmp_path)
-    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                          LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    peft.save_pretrained(paths.adapter)
-    (paths.adapter / adapters.ADAPTER_META).write_text(
-        json.dumps({"base_identity": adapters.base_identity(load_base(str(tiny_model_dir)))}))
+    from cai_lib import generate as gen, views
+    paths = _stage01_with_adapter(tmp_path, tiny_model_dir)
     seen = []
     real = gen.generate
 
