@@ -500,7 +500,11 @@ def merge(paths: list[Path]) -> dict:
     file holding each stage wins, except DPO, where every backend measured is kept."""
     res: dict = {"merged_from": [p.name for p in paths], "dpo_by_backend": {}}
     for p in paths:
-        part = json.loads(Path(p).read_text())
+        try:
+            part = json.loads(Path(p).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--merge {p}: not a readable rehearsal JSON ({type(exc).__name__}) - pass the "
+                             "rehearse_*.json files the device calls wrote") from None
         for key in ("profile", "overrides", "device", "model_build", "preflight"):
             res.setdefault(key, part.get(key))
         for stage in ("gen", "eval"):

@@ -247,3 +247,9 @@ def test_merge_extrapolates_per_backend_and_at_other_batches(tmp_path):
     assert at["total_hours"] < res["extrapolated"]["unsloth"]["sample_batch"]["total_hours"]
     # batch 256 ran out of memory in the revision search: no extrapolation there
     assert rehearse.extrapolate_at_batch(rehearse.make_config("gpu-32b", "x", {}), res, 256) is None
+
+
+def test_merge_of_a_missing_file_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"--merge .*nope\.json: not a readable rehearsal JSON"):
+        rehearse.main(["--merge", str(tmp_path / "nope.json"), "--json", str(tmp_path / "m.json")])
+    assert not (tmp_path / "m.json").exists()
