@@ -14,6 +14,10 @@ Prompts are the run's held-out raw instructions (the type-balanced sample stage 
 
     python benchmarks/bench_decoding.py --json out.json                      # embedded 270M, this device
     python benchmarks/bench_decoding.py --shape qwen7b --quantizations 4bit  # random-weight 7B shape (GPU)
+
+Quantization "4bit-compiled" is an experiment, not a package path: the 4-bit model with
+transformers' "not compileable" flag on the bitsandbytes quantizer overridden, so the static
+cache's decoding step is compiled (bitsandbytes >= 0.46 registers its kernels as torch ops).
 """
 
 from __future__ import annotations
@@ -43,8 +47,19 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def force_compileable(model) -> None:
+    """The "4bit-compiled" experiment: let transformers compile a bitsandbytes model."""
+    q = getattr(model, "hf_quantizer", None)
+    if q is not None:
+        type(q).is_compileable = property(lambda self: True)
+
+
 def load(args, quantization: str):
     """(model, tokenizer, description) for the embedded/folder model or a random-weight shape."""
+    if quantization == "4bit-compiled":
+        model, tok, desc = load(args, "4bit")
+        force_compileable(model)
+        return model, tok, desc
     import torch
     if args.shape:
         import gpu_shapes

@@ -1,4 +1,6 @@
-"""DPO training-step benchmark on CUDA: plain TRL + PEFT QLoRA (bnb nf4) vs Unsloth 4-bit QLoRA.
+"""DPO training-step benchmark on CUDA: plain TRL + PEFT QLoRA (bnb nf4) vs Unsloth 4-bit QLoRA,
+and TRL + PEFT LoRA on bf16 weights (backend "trl-bf16": the package's transformers backend
+with quantization none).
 
 One process per measurement (Unsloth patches transformers and TRL when imported, so the plain
 TRL baseline must run in a process that never imported it). `--suite` runs every case as a
@@ -34,14 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_shapes  # noqa: E402
 
 H100_BF16_DENSE = 989.4e12
-PROMPT_WORDS, COMPLETION_WORDS = 127, 256  # + EOS = 384 tokens per sequence
+def split_words(seq: int) -> tuple[int, int]:
+    """(prompt words, completion words) filling `seq` tokens with EOS: a third prompt (384 -> 127 + 256)."""
+    prompt = seq // 3 - 1
+    return prompt, seq - prompt - 1
 
 
-def make_pairs(n: int, seed: int = 0) -> list[dict]:
+def make_pairs(n: int, seed: int = 0, seq: int = 384) -> list[dict]:
     rng = random.Random(seed)
-    return [{"prompt": gpu_shapes.random_text(rng, PROMPT_WORDS) + " ",
-             "chosen": gpu_shapes.random_text(rng, COMPLETION_WORDS),
-             "rejected": gpu_shapes.random_text(rng, COMPLETION_WORDS)} for _ in range(n)]
+    pw, cw = split_words(seq)
+    return [{"prompt": gpu_shapes.random_text(rng, pw) + " ",
+             "chosen": gpu_shapes.random_text(rng, cw),
+             "rejected": gpu_shapes.random_text(rng, cw)} for _ in range(n)]
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -67,14 +73,15 @@ def run_case(a) -> dict:
             local_files_only=True)
         model = FastLanguageModel.get_peft_model(
             model, r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0, bias="none", target_modules=LORA_TARGETS,
-            use_gradient_checkpointing="unsloth", random_state=0)
+            use_gradient_checkpointing="unsloth" if a.grad_ckpt else False, random_state=0)
         tok = gpu_shapes.load_tokenizer(model_dir)  # Unsloth's AutoTokenizer load picks Qwen2Tokenizer
     else:
         from peft import LoraConfig
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
+        q = None if backend == "trl-bf16" else BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=q, dtype=torch.bfloat16,
                                                      device_map={"": 0}, attn_implementation="sdpa")
         tok = gpu_shapes.load_tokenizer(model_dir)
@@ -84,7 +91,7 @@ def run_case(a) -> dict:
     mem_after_load = torch.cuda.memory_allocated()
 
     n_steps = a.warmup + a.steps
-    pairs = make_pairs(a.batch * a.accum * n_steps, seed=0)
+    pairs = make_pairs(a.batch * a.accum * n_steps, seed=0, seq=a.seq)
     ds = Dataset.from_list(pairs)
     cfg = DPOConfig(
         output_dir=str(Path(a.models) / "out" / f"{backend}-{a.shape}"), per_device_train_batch_size=a.batch,
@@ -92,7 +99,7 @@ def run_case(a) -> dict:
         lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none",
         bf16=True, beta=0.1,
         # as cai_lib.train does: Unsloth checkpoints through get_peft_model("unsloth"), TRL through the config
-        gradient_checkpointing=backend != "unsloth", loss_type=["sigmoid"], seed=0,
+        gradient_checkpointing=bool(a.grad_ckpt) and backend != "unsloth", loss_type=["sigmoid"], seed=0,
         precompute_ref_log_probs=a.precompute_ref, dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=True)
 
@@ -138,7 +145,7 @@ def run_case(a) -> dict:
     flops_step = passes * fwd * toks_step
     return {
         "backend": backend, "shape": a.shape, "precompute_ref": a.precompute_ref, "batch_pairs": a.batch,
-        "grad_accum": a.accum, "seq_len": a.seq, "lora_rank": a.rank, "warmup_steps": a.warmup,
+        "grad_accum": a.accum, "seq_len": a.seq, "grad_ckpt": a.grad_ckpt, "lora_rank": a.rank, "warmup_steps": a.warmup,
         "measured_steps": len(measured), "step_s_median": step, "step_s_all": times,
         "pairs_per_s": pairs_per_step / step, "tokens_per_s": toks_step / step,
         "tokens_per_step": toks_step, "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -167,7 +174,8 @@ def suite(a) -> int:
     cases = []
     for shape in a.shapes.split(","):
         for backend in a.backends.split(","):
-            cases.append((backend, shape, False))
+            pre = backend.endswith("+pre")  # e.g. "trl-bf16+pre": that backend with precomputed reference
+            cases.append((backend.removesuffix("+pre"), shape, pre))
         if a.with_precompute:
             cases.append(("unsloth", shape, True))
     results = []
@@ -175,7 +183,8 @@ def suite(a) -> int:
     for backend, shape, pre in cases:
         argv = [sys.executable, __file__, "--backend", backend, "--shape", shape, "--models", a.models,
                 "--json", str(tmp), "--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps),
-                "--warmup", str(a.warmup), "--rank", str(a.rank), "--accum", str(a.accum)]
+                "--warmup", str(a.warmup), "--rank", str(a.rank), "--accum", str(a.accum),
+                "--grad-ckpt", str(a.grad_ckpt)]
         if pre:
             argv.append("--precompute-ref")
         print(">>", backend, shape, "precompute" if pre else "", flush=True)
@@ -204,8 +213,8 @@ def table(results) -> str:
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--suite", action="store_true")
-    p.add_argument("--backend", choices=["trl", "unsloth"], default="trl")
-    p.add_argument("--backends", default="trl,unsloth")
+    p.add_argument("--backend", choices=["trl", "trl-bf16", "unsloth"], default="trl")
+    p.add_argument("--backends", default="trl,unsloth", help="comma list; a +pre suffix adds precomputed reference")
     p.add_argument("--shape", default="qwen1.5b")
     p.add_argument("--shapes", default="qwen1.5b,qwen7b")
     p.add_argument("--with-precompute", action="store_true", help="also Unsloth with reference log-probs precomputed")
@@ -218,6 +227,8 @@ def parse(argv):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--grad-ckpt", type=int, choices=[0, 1], default=1,
+                   help="gradient checkpointing (the package's default is off: gradient_checkpointing False)")
     return p.parse_args(argv)
 
 

@@ -12,10 +12,14 @@ Two KV caches (`cache`, one of constants.GEN_CACHES):
 - "dynamic": transformers' default; the cache grows each step, nothing is compiled.
 - "static": a preallocated cache; on CUDA transformers compiles the decoding step
   (torch.compile, CUDA graphs), which removes the per-kernel launch overhead that bounds a
-  small model. Compilation is per shape, so the shapes are bucketed: the batch is padded
-  to a power of two (capped at the batch size) with copies of a real row, and the cache
-  length is rounded up to a power of two. A run then compiles a handful of times, not per
-  batch. Prefill is not compiled, so the prompt width itself is free.
+  small model. Compilation is per shape, so the shapes are bucketed: every batch is padded
+  to the call's full batch size with copies of a real row (one shape per batch size: a
+  partial last batch or a 6-prompt call reuses the compiled shape), and the cache length is
+  rounded up to a power of two of at least MIN_CACHE_LEN, so raw, few-shot and data-stage
+  prompts of every stage share one length and a later stage's process finds the shape in
+  torch's on-disk compile cache. A run then compiles a handful of times, not per batch.
+  Prefill is not compiled, so the prompt width itself is free. Shapes compiled in this
+  process are remembered (`_COMPILED`): auto takes static for free on a shape it has.
 - "auto": `pick_cache` - what measured faster on this kind of device, and on CUDA only
   when the call decodes enough steps to pay for compiling (see there).
 """
@@ -23,6 +27,7 @@ Two KV caches (`cache`, one of constants.GEN_CACHES):
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Sequence
 
 import torch
@@ -37,7 +42,10 @@ from .prompts import cut_at_stop
 # comparison (issue 13: "more than a few percent").
 DISAGREE_LIMIT = 0.05
 # Smallest static cache length; lengths are powers of two from here (few compiled shapes).
-MIN_CACHE_LEN = 128
+# 512 holds a raw or few-shot prompt plus 64-128 new tokens, so stages 00, 01 and 03 decode at
+# one length and share compiled code; attending over unused positions costs far less than a
+# recompilation (tens of seconds each).
+MIN_CACHE_LEN = 512
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
@@ -143,9 +151,12 @@ def pick_cache(model, requested: str = "auto", *, decode_steps: int | None = Non
                shapes: int = 1) -> tuple[str, str]:
     """(cache kind, why) for this model on its device.
 
+    shapes: how many shapes the call would have to compile (0 when this process already
+    compiled them, see static_plan).
     auto, as measured:
-    - CUDA, unquantized: static when the call decodes enough steps to pay for compiling its
-      shapes (decode_steps >= shapes * STATIC_MIN_STEPS; None = assume it does), else dynamic.
+    - CUDA, unquantized: static when its shapes are already compiled, or when the call
+      decodes enough steps to pay for compiling them (decode_steps >= shapes *
+      STATIC_MIN_STEPS; None = assume it does), else dynamic.
     - CUDA, bitsandbytes 4/8-bit: dynamic. transformers does not compile these models, so a
       static cache keeps the launch overhead that makes small-model decoding slow and adds
       padding work (not measured on a GPU: the device budget ran out).
@@ -169,6 +180,8 @@ def pick_cache(model, requested: str = "auto", *, decode_steps: int | None = Non
     if quant or not compiles_decoding(model):
         return "dynamic", (f"auto: {quant or 'this'} model is not compiled by transformers, so a static cache "
                            "saves no launch overhead (not measured on a GPU)")
+    if shapes == 0:
+        return "static", "auto: CUDA, compiled static cache (shape already compiled in this process)"
     if decode_steps is not None and decode_steps < shapes * STATIC_MIN_STEPS:
         return "dynamic", (f"auto: {decode_steps} decoding steps do not pay for compiling {shapes} shape(s) "
                            f"(~{STATIC_MIN_STEPS} steps each, H200 measurement)")
@@ -176,8 +189,41 @@ def pick_cache(model, requested: str = "auto", *, decode_steps: int | None = Non
 
 
 def batch_bucket(rows: int, batch_size: int) -> int:
-    """Rows a static-cache batch is padded to: the next power of two, at most batch_size."""
-    return min(batch_size, 1 << max(0, rows - 1).bit_length())
+    """Rows a static-cache batch is padded to: the call's batch size, whatever `rows` is.
+
+    One compiled shape per batch size. Padding rows copy a real row, finish when it does and
+    so add no steps; on a launch-bound model they are nearly free, while a new shape costs a
+    compilation (tens of seconds, issue 13's H200 measurement)."""
+    if rows > batch_size:
+        raise CaiError(f"batch_bucket: {rows} rows exceed the batch size {batch_size} - a bug in the caller")
+    return batch_size
+
+
+# Shapes (rows, cache length) whose decoding step this process has compiled, per model
+# object. transformers keeps one static cache per model and compiles per shape (torch.compile
+# with dynamic=False), so a shape seen once is free for the rest of the process.
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _record_compiled(model, rows: int, cache_len: int) -> None:
+    try:
+        _COMPILED.setdefault(_base_model(model), set()).add((rows, cache_len))
+    except TypeError:  # an object that cannot be weakly referenced (test doubles): nothing to remember
+        pass
+
+
+def static_plan(model, rows: int, width: int, max_new_tokens: int) -> tuple[int, int]:
+    """(cache length a static call would use, shapes it would newly compile: 0 or 1).
+
+    The length is the bucket of the longest prompt + new tokens, or the model's existing
+    longer cache (transformers reuses it). A shape counts as compiled when this process has
+    compiled the same row count at that length."""
+    length = max(cache_bucket(width + max_new_tokens), getattr(_base_model(model), "_previous_max_cache_length", 0) or 0)
+    try:
+        done = _COMPILED.get(_base_model(model), set())
+    except TypeError:
+        done = set()
+    return length, int((rows, length) not in done)
 
 
 def cache_bucket(length: int) -> int:
@@ -228,6 +274,9 @@ def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: 
         used = max(cache_kw.get("max_cache_len", 0), getattr(_base_model(model), "_previous_max_cache_length", 0)) \
             if cache_kw else 0
         stats["shapes"].add((len(rows), used))
+    if cache_kw and compiles_decoding(model):
+        _record_compiled(model, len(rows), max(cache_kw["max_cache_len"],
+                                               getattr(_base_model(model), "_previous_max_cache_length", 0) or 0))
     recs = []
     eos_set = set(eos)
     for r, ids in enumerate(batch_ids):
@@ -279,13 +328,14 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
     if batch_size < 1:
         raise CaiError(f"batch_size must be >= 1, got {batch_size}")
     prompts = list(prompts)
-    full, rest = divmod(len(prompts), batch_size)
-    kind, why = pick_cache(model, cache, decode_steps=(full + (rest > 0)) * max_new_tokens,
-                           shapes=1 + (full > 0 and rest > 0))
     encoded = guard.encode_prompts(tokenizer, prompts)
     for i, ids in enumerate(encoded):
         if not ids:
             raise CaiError(f"prompt {i} is empty and the model uses no BOS; give it some text")
+    n_batches = -(-len(prompts) // batch_size)
+    # every static batch is padded to batch_size: one shape per call (see batch_bucket)
+    _, new_shapes = static_plan(model, batch_size, max((len(x) for x in encoded), default=1), max_new_tokens)
+    kind, why = pick_cache(model, cache, decode_steps=n_batches * max_new_tokens, shapes=new_shapes)
     eos = _eos_ids(model, tokenizer)
     pad = _pad_id(tokenizer, eos)
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))

@@ -335,7 +335,9 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
     if strategy == "format_distillation":
         _format_distillation(b)
     elif strategy == "self_consistency":
-        _self_consistency(b, sample_fn or default_sample)
+        # a static cache pads every sampling call to the same rows (prompts per call x k)
+        rows = max(1, int(cfg.gen_batch_size) // int(cfg.pair_sc_k)) * int(cfg.pair_sc_k)
+        _self_consistency(b, sample_fn or partial(default_sample, cache=cfg.gen_cache, batch_rows=rows))
     else:
         _critique_revision(b)
     if getattr(cfg, "pair_balance", False):

@@ -21,7 +21,7 @@ kv width = kv_heads * head_dim. Linear parameters P_lin = L * (h*q + 2*h*kv + q*
                 evaluation (adapter loaded for inference): P_lora * 4 B
     kv_cache  = 2 * L' * kv_heads * head_dim * 2 B * batch * (prompt + new)
                 (L' counts sliding-window layers with min(tokens, window) positions; a static
-                cache holds the next power of two >= prompt + new, at least 128 positions)
+                cache holds the next power of two >= prompt + new, at least 512 positions)
     generation stages load `gen_quantization` weights (as_train = `quantization`); the cache is
     static when gen_cache is static, or auto with unquantized weights (generate.pick_cache)
     prefill   = batch * prompt * (G_H*h + G_I*i) * 2 B        one layer's working set, G_H=4, G_I=3
@@ -96,7 +96,7 @@ G_H, G_I = 4, 3
 C_H, C_I, C_NOCKPT, C_V = 6, 2, 4, 0.5
 DECODE_LOGIT_BYTES = 6
 S_LAYER = {"4bit": 5.6e-3, "8bit": 18.2e-3, "none": 1.3e-3, "none_static": 0.2e-3}
-MIN_STATIC_CACHE = 128  # generate.MIN_CACHE_LEN
+MIN_STATIC_CACHE = 512  # generate.MIN_CACHE_LEN
 HBM_BW = 3.0e12
 PEAK_FLOPS, MFU = 989e12, 0.25
 UNSLOTH_COMPILE_S = 45.0  # first-step compilation seen at 7B (42 s); a fixed cost per session

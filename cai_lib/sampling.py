@@ -7,6 +7,11 @@ model's own generation_config cannot quietly narrow the distribution), the same 
 encoding as everywhere (cai_lib.guard: one BOS, no chat markers), stop strings, and
 finish reasons as generate() records them.
 
+KV cache: as generate() (`cache`, generate.pick_cache): under a static cache the rows are
+padded to `batch_rows` with copies of the last row, so every call decodes at one compiled
+shape; the padding rows draw from the RNG too, so a static and a dynamic run draw different
+(equally seeded, equally reproducible) samples.
+
 Reproducibility: the caller passes one seed per call; torch's RNG is seeded with it just
 before decoding. The pair builder calls with fixed slices of its item list and a seed
 derived from the slice's item ids, so a resumed run draws the same samples as an
@@ -22,15 +27,17 @@ from transformers import GenerationConfig, StoppingCriteriaList
 
 from . import guard
 from .errors import CaiError
-from .generate import _StopStrings, _eos_ids, _pad_id
+from .generate import _StopStrings, _eos_ids, _pad_id, _record_compiled, compiles_decoding, pick_cache, static_plan
 from .prompts import cut_at_stop
 
 
 def sample_generate(model, tokenizer, prompts: Sequence[str], *, k: int, temperature: float, max_new_tokens: int,
-                    stop: list[str] | None = None, seed: int = 0) -> list[list[dict]]:
+                    stop: list[str] | None = None, seed: int = 0, cache: str = "dynamic",
+                    batch_rows: int | None = None) -> list[list[dict]]:
     """k sampled continuations per prompt, in one batch of len(prompts) * k rows.
 
-    Returns per prompt a list of k records {response, finish_reason, new_tokens}."""
+    cache: a GEN_CACHES kind; batch_rows: the rows a static batch is padded to (default: the
+    real rows). Returns per prompt a list of k records {response, finish_reason, new_tokens}."""
     if k < 1 or max_new_tokens < 1:
         raise CaiError(f"sample_generate: k and max_new_tokens must be >= 1 (got {k}, {max_new_tokens})")
     if not temperature > 0:
@@ -42,7 +49,15 @@ def sample_generate(model, tokenizer, prompts: Sequence[str], *, k: int, tempera
     eos = _eos_ids(model, tokenizer)
     pad = _pad_id(tokenizer, eos)
     rows = [ids for ids in encoded for _ in range(k)]
+    n_real = len(rows)
     width = max(len(x) for x in rows)
+    full_rows = max(n_real, batch_rows or n_real)
+    cache_len, new_shapes = static_plan(model, full_rows, width, max_new_tokens)
+    kind, _ = pick_cache(model, cache, decode_steps=max_new_tokens, shapes=new_shapes)
+    cache_kw = {}
+    if kind == "static":
+        rows += [rows[-1]] * (full_rows - n_real)
+        cache_kw = {"cache_implementation": "static", "max_cache_len": cache_len}
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attn = torch.zeros((len(rows), width), dtype=torch.long)
     for r, ids in enumerate(rows):  # left padding, as generate() does
@@ -50,13 +65,15 @@ def sample_generate(model, tokenizer, prompts: Sequence[str], *, k: int, tempera
         attn[r, width - len(ids):] = 1
     device = getattr(model, "device", torch.device("cpu"))
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=float(temperature), top_k=0,
-                           top_p=1.0, num_beams=1, eos_token_id=eos or None, pad_token_id=pad)
+                           top_p=1.0, num_beams=1, eos_token_id=eos or None, pad_token_id=pad, **cache_kw)
     stopper = _StopStrings(tokenizer, stop, width, len(rows)) if stop else None
     torch.manual_seed(int(seed))
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), generation_config=cfg,
                              stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None)
-    new = out[:, width:].tolist()
+    if cache_kw and compiles_decoding(model):
+        _record_compiled(model, len(rows), cache_len)
+    new = out[:, width:].tolist()[:n_real]
     eos_set = set(eos)
     recs = []
     for r, row in enumerate(new):

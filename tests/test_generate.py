@@ -226,26 +226,29 @@ def test_greedy_even_when_model_config_says_sample(lm, tok):
 # ---- KV cache choice, bucketing, fallback ------------------------------------------------
 
 
-def test_buckets_are_powers_of_two_capped():
-    assert [gen.batch_bucket(n, 64) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
-    assert gen.batch_bucket(40, 48) == 48  # never above the batch size
-    assert [gen.cache_bucket(n) for n in (1, 100, 128, 129, 300, 1025)] == [128, 128, 128, 256, 512, 2048]
+def test_buckets_are_full_batches_and_power_of_two_lengths():
+    assert [gen.batch_bucket(n, 64) for n in (1, 2, 3, 5, 33, 64)] == [64] * 6  # one shape per batch size
+    with pytest.raises(CaiError, match="exceed"):
+        gen.batch_bucket(65, 64)
+    assert gen.MIN_CACHE_LEN == 512
+    assert [gen.cache_bucket(n) for n in (1, 100, 512, 513, 1000, 1025)] == [512, 512, 512, 1024, 1024, 2048]
 
 
 def test_static_pads_rows_and_cache_to_buckets(lm, tok):
     info = {}
     prompts = PROMPTS + ["A", "B"]  # 7 prompts at batch 8: one batch padded to 8 rows
     gen.generate(lm, tok, prompts, max_new_tokens=4, batch_size=8, progress=False, cache="static", info=info)
-    assert info["cache"] == "static" and info["padded_rows"] == 1 and info["shapes"] == [(8, 128)]
+    assert info["cache"] == "static" and info["padded_rows"] == 1 and info["shapes"] == [(8, 512)]
     assert info["compiled"] is False  # CPU: transformers compiles nothing
     info = {}
-    long = " ".join(["word"] * 40)  # prompt + new tokens > 128: the next bucket
+    long = " ".join(["word"] * 200)  # prompt + new tokens > 512: the next bucket
     width = len(guard.encode_prompts(tok, [long])[0])
-    assert 128 < width + 4 <= 256
+    assert 512 < width + 4 <= 1024
     gen.generate(lm, tok, [long] + PROMPTS[:2], max_new_tokens=4, batch_size=2, progress=False,
                  cache="static", info=info)
-    # the second batch's prompts are short, but transformers keeps the longer cache: one length
-    assert info["shapes"] == [(1, 256), (2, 256)]
+    # the second batch's prompts are short, but transformers keeps the longer cache; the
+    # 1-prompt last batch is padded to the batch size: one shape for the whole call
+    assert info["shapes"] == [(2, 1024)] and info["padded_rows"] == 1
 
 
 def test_dynamic_does_not_pad(lm, tok):
@@ -262,9 +265,10 @@ def test_static_equals_dynamic_and_padding_rows_add_no_steps(lm, tok):
         runs[c] = gen.generate(lm, tok, prompts, max_new_tokens=7, batch_size=4, progress=False, cache=c, info=info)
         runs[c + "_info"] = info
     assert runs["static"] == [{**r, "seconds": s["seconds"]} for r, s in zip(runs["dynamic"], runs["static"])]
-    # 6 prompts at batch 4: batches of 4 and 2 (2 is already a power of two): 7 steps each
-    assert runs["static_info"]["row_steps"] == runs["dynamic_info"]["row_steps"] == 6 * 7
-    assert runs["static_info"]["row_step_use"] == 1.0
+    # 6 prompts at batch 4: batches of 4 and 2; static pads the 2 to 4 rows, which add no steps
+    assert runs["dynamic_info"]["row_steps"] == 6 * 7 and runs["static_info"]["row_steps"] == 8 * 7
+    assert runs["static_info"]["steps"] == runs["dynamic_info"]["steps"] == 2 * 7
+    assert runs["dynamic_info"]["row_step_use"] == 1.0
 
 
 def test_early_finished_rows_are_counted(lm, tok):
@@ -315,6 +319,9 @@ def test_pick_cache_on_cuda_static_unless_bitsandbytes():
     kind, why = gen.pick_cache(_FakeCuda(), "auto", decode_steps=2 * n - 1, shapes=2)
     assert kind == "dynamic" and "do not pay" in why
     assert gen.pick_cache(_FakeCuda(), "static", decode_steps=1) == ("static", "requested")
+    # a shape this process already compiled costs nothing: static however short the call
+    kind, why = gen.pick_cache(_FakeCuda(), "auto", decode_steps=1, shapes=0)
+    assert kind == "static" and "already compiled" in why
     assert gen.compiles_decoding(_FakeCuda())
     for bits in ("4bit", "8bit"):
         kind, why = gen.pick_cache(_FakeCuda(bits), "auto")
@@ -428,6 +435,11 @@ def test_cuda_static_compiles_and_matches_dynamic(tok):
     info = {}
     sta = gen.generate(model, tok, prompts, max_new_tokens=6, batch_size=4, progress=False, cache="static", info=info)
     assert info["cache"] == "static" and info["compiled"] and info["fallback"] is None
-    assert info["shapes"] == [(4, 128)]  # 15 prompts at batch 4: the last 3 padded to 4, one shape
+    assert info["shapes"] == [(4, 512)]  # 15 prompts at batch 4: the last 3 padded to 4, one shape
+    # this process compiled (4, 512): auto now takes static even for a call too short to pay
+    assert gen.static_plan(model, 4, 10, 6) == (512, 0)
+    info = {}
+    gen.generate(model, tok, PROMPTS[:2], max_new_tokens=2, batch_size=4, progress=False, cache="auto", info=info)
+    assert info["cache"] == "static" and "already compiled" in info["cache_reason"]
     assert [r["response"] for r in sta] == [r["response"] for r in dyn]  # fp32: same greedy text
 

@@ -192,7 +192,9 @@ def test_generation_uses_gen_quantization_and_static_cache():
     assert bf16["parts"]["weights"] > 3 * four["parts"]["weights"]
     # the static cache holds a power-of-two length: >= the dynamic cache of the same batch
     assert bf16["parts"]["kv_cache"] >= four["parts"]["kv_cache"]
-    assert pf.static_cache_tokens(660) == 1024 and pf.static_cache_tokens(5) == 128
+    assert pf.static_cache_tokens(660) == 1024 and pf.static_cache_tokens(5) == 512
+    from cai_lib import generate
+    assert pf.MIN_STATIC_CACHE == generate.MIN_CACHE_LEN  # the estimate plans what generate allocates
     # training is unaffected by the generation setting
     assert pf.estimate(QWEN32B, {**y, "gen_quantization": "none"})["02_train"]["gib"] == pytest.approx(
         pf.estimate(QWEN32B, y)["02_train"]["gib"])

@@ -7,7 +7,13 @@
 #   compile Unsloth compile on vs UNSLOTH_COMPILE_DISABLE=1 at two run lengths (270M shape)
 #   gputest pytest tests/test_gpu.py
 #   decode  decoding speed + certificate, dynamic vs static cache, batch 1/64/256, real embedded 270M
-#           in bf16, then 4-bit (needs .carry/m1..m4 + .carry/small staged and .whl/g1 installed)
+#           in bf16, then 4-bit (needs .carry/m1..m4 + .carry/small staged and .whl/g1 installed);
+#           then the static shapes again in a fresh process (what torch's on-disk compile cache saves)
+#   decode7b  the same on a random-weight Qwen2.5-7B shape: 4-bit (today's path), bf16, and the
+#           4-bit model with compilation forced (an experiment); needs only the wheels
+#   dpo270m DPO step at the embedded model's shape (gemma270m, seq 128, batch 8, no checkpointing,
+#           as gpu-small trains): Unsloth 4-bit vs TRL+PEFT on bnb 4-bit vs TRL+PEFT bf16 LoRA,
+#           each with and without precomputed reference log-probs
 set -o pipefail
 source scripts/device/env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -74,10 +80,25 @@ PY
         | grep -v -i warn | tee "$OUT/decoding.log"
       [ "${DECODE_4BIT:-1}" = 1 ] && python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_4bit.json" \
         --quantizations 4bit --batch-sizes 64,256 --cert-sample 0 2>&1 | grep -v -i warn | tee -a "$OUT/decoding.log"
-      # random-weight Qwen2.5-7B shape in 4-bit (issue 13 item 5); its own call: building it takes minutes
-      [ "${DECODE_7B:-0}" = 1 ] && python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_7b_4bit.json" \
-        --shape qwen7b --models $M --quantizations 4bit --batch-sizes 1,32 --n 64 --n1 4 --cert-sample 0 2>&1 \
+      # a fresh process: the same static shapes, now with torch's compile cache warm (what a later
+      # stage of the same run pays: every stage is its own notebook kernel)
+      python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_bf16_warm.json" --quantizations none \
+        --caches static --batch-sizes ${WARM_BATCHES:-1,64} --n 128 --n1 8 --cert-sample 0 2>&1 \
         | grep -v -i warn | tee -a "$OUT/decoding.log"
+      ;;
+    decode7b)
+      # random-weight Qwen2.5-7B shape (issue 13 item 5): 4-bit dynamic = today's path
+      python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_7b.json" --shape qwen7b --models $M \
+        --quantizations ${Q7B:-4bit,none,4bit-compiled} --caches dynamic,static --batch-sizes ${B7B:-1,64} \
+        --n 128 --n1 4 --cert-sample 0 2>&1 | grep -v -i warn | tee "$OUT/decoding_7b.log"
+      ;;
+    dpo270m)
+      # as run_gpu_small.sh trains: Unsloth's compilation does not pay below ~450 steps of this shape
+      export UNSLOTH_COMPILE_DISABLE=${UNSLOTH_COMPILE_DISABLE:-1}
+      python3 benchmarks/bench_dpo_gpu.py --suite --shapes gemma270m \
+        --backends ${DPO_BACKENDS:-unsloth,unsloth+pre,trl,trl+pre,trl-bf16,trl-bf16+pre} --seq 128 --batch 8 \
+        --grad-ckpt 0 --steps ${STEPS:-20} --warmup 3 --json "$OUT/bench_dpo_270m.json" > "$OUT/dpo270m.log" 2>&1
+      tail -12 "$OUT/dpo270m.log"
       ;;
     gputest)
       # every CUDA-marked test: tests/test_gpu.py and the three training backends of tests/test_train.py
