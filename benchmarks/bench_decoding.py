@@ -155,6 +155,7 @@ def main(argv=None) -> int:
                 r = measure(model, tok, ps, cache=cache, batch_size=bs, max_new_tokens=a.max_new_tokens)
                 r.update(quantization=q)
                 res["runs"].append(r)
+                save(a.json, res)  # after every measurement: a call cut by its time limit keeps what ran
                 print(f"{desc} {q:5s} {cache:8s} batch {bs:4d}: first call {r['first_call_s']:7.1f} s, "
                       f"{r['ms_per_step']:8.1f} ms/step, {r['tokens_per_s']:9.1f} tok/s kept, "
                       f"{r['row_tokens_per_s']:9.1f} row-tok/s, row-step use {r['row_step_use']:.2f}, "
@@ -181,11 +182,17 @@ def main(argv=None) -> int:
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    for r in res["runs"]:
-        r["responses"] = r["responses"][:3]  # keep the JSON small
     env["load_average_end"] = os.getloadavg()[0]
-    Path(a.json).write_text(json.dumps(res, indent=1, default=str) + "\n")
+    save(a.json, res)
     return 0
+
+
+def save(path: str, res: dict) -> None:
+    """Write the results so far, each run's responses cut to 3 (keeps the JSON small)."""
+    out = {**res, "runs": [{**r, "responses": r["responses"][:3]} for r in res["runs"]]}
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ PY
         --batch-sizes ${DECODE_BATCHES:-1,64,256} --cert-caches static --cert-sample ${CERT_SAMPLE:-64} 2>&1 \
         | grep -v -i warn | tee "$OUT/decoding.log"
       [ "${DECODE_4BIT:-1}" = 1 ] && python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_4bit.json" \
-        --quantizations 4bit --batch-sizes 64,256 --cert-sample 0 2>&1 | grep -v -i warn | tee -a "$OUT/decoding.log"
+        --quantizations 4bit --caches dynamic --batch-sizes 1,64,256 --n1 4 --cert-sample 0 2>&1 | grep -v -i warn | tee -a "$OUT/decoding.log"
       # a fresh process: the same static shapes, now with torch's compile cache warm (what a later
       # stage of the same run pays: every stage is its own notebook kernel)
       python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_bf16_warm.json" --quantizations none \
@@ -88,9 +88,13 @@ PY
       ;;
     decode7b)
       # random-weight Qwen2.5-7B shape (issue 13 item 5): 4-bit dynamic = today's path
-      python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_7b.json" --shape qwen7b --models $M \
-        --quantizations ${Q7B:-4bit,none,4bit-compiled} --caches dynamic,static --batch-sizes ${B7B:-1,64} \
-        --n 128 --n1 4 --cert-sample 0 2>&1 | grep -v -i warn | tee "$OUT/decoding_7b.log"
+      # (one invocation per weight setting: each writes its JSON as it goes)
+      for spec in ${SPECS_7B:-4bit:dynamic:1,64 none:dynamic,static:64 4bit-compiled:static:64}; do
+        IFS=: read -r q caches sizes <<< "$spec"
+        timeout ${T7B:-300} python3 benchmarks/bench_decoding.py --json "$OUT/bench_decoding_7b_$q.json" --shape qwen7b \
+          --models $M --quantizations $q --caches $caches --batch-sizes $sizes --n 128 --n1 4 --cert-sample 0 2>&1 \
+          | grep -v -i warn | tee -a "$OUT/decoding_7b.log"
+      done
       ;;
     dpo270m)
       # as run_gpu_small.sh trains: Unsloth's compilation does not pay below ~450 steps of this shape
