@@ -131,11 +131,13 @@ def compiles_decoding(model) -> bool:
     return quantizer is None or bool(getattr(quantizer, "is_compileable", False))
 
 
-# Decoding steps one compiled shape must save before its compilation has paid for itself
-# (H200, Gemma 3 270M bf16, transformers 5.17, issue 13): compiling took 42-50 s per shape
-# and saved 26.1 ms per step at batch 64 (29.6 -> 3.5) and 30.2 ms at 256 (36.1 -> 5.9):
-# 45 s / 26.1 ms ~ 1,700 steps.
-STATIC_MIN_STEPS = 1700
+# Decoding steps one compiled shape must save before its compilation has paid for itself.
+# H200, Gemma 3 270M bf16, transformers 5.17, torch 2.11 (benchmarks/results/decoding_h200/,
+# 2026-12-04): the first static call at batch 64 took 34.7 s cold (9.1 s in a fresh process with
+# torch's on-disk compile cache warm) and each step then saved 35.4 ms (40.1 -> 4.7 ms); at
+# batch 1, 42.2 s cold (13.9 s warm) for 22.7 ms a step (26.0 -> 3.3). Cold, batch 64:
+# 34.7 s / 35.4 ms ~ 1,000 steps; the warm and batch-1 cases fall on either side of it.
+STATIC_MIN_STEPS = 1000
 # CPU (2 cores shared with other work at load 4-9, embedded Gemma 3 270M fp32, transformers
 # 5.24, eval prompts; nothing is compiled on CPU): CPU seconds static/dynamic were 1.96x at
 # batch 1 and 0.88x at batch 8 (24 new tokens, one run each), and 0.73x, 1.00x, 0.86x, 0.83x
@@ -159,7 +161,10 @@ def pick_cache(model, requested: str = "auto", *, decode_steps: int | None = Non
       STATIC_MIN_STEPS; None = assume it does), else dynamic.
     - CUDA, bitsandbytes 4/8-bit: dynamic. transformers does not compile these models, so a
       static cache keeps the launch overhead that makes small-model decoding slow and adds
-      padding work (not measured on a GPU: the device budget ran out).
+      padding work. Forcing the compilation anyway (an experiment in bench_decoding.py) made a
+      7B shape's 4-bit decoding 2.0x faster (69.0 -> 34.3 ms a step at batch 64, H200); bf16
+      weights with the compiled static cache were 3.7x (18.4 ms): for speed, generate in bf16
+      (gen_quantization: none) where the card has room.
     - CPU: dynamic (measured, CPU_MEASURE); nothing is compiled on CPU.
     Explicit "static"/"dynamic" are honoured as asked.
     """
@@ -179,13 +184,13 @@ def pick_cache(model, requested: str = "auto", *, decode_steps: int | None = Non
     quant = _quantized(model)
     if quant or not compiles_decoding(model):
         return "dynamic", (f"auto: {quant or 'this'} model is not compiled by transformers, so a static cache "
-                           "saves no launch overhead (not measured on a GPU)")
+                           "saves no launch overhead (gen_quantization: none decodes bf16, compiled)")
     if shapes == 0:
         return "static", "auto: CUDA, compiled static cache (shape already compiled in this process)"
     if decode_steps is not None and decode_steps < shapes * STATIC_MIN_STEPS:
         return "dynamic", (f"auto: {decode_steps} decoding steps do not pay for compiling {shapes} shape(s) "
                            f"(~{STATIC_MIN_STEPS} steps each, H200 measurement)")
-    return "static", "auto: CUDA, compiled static cache (H200: 3.5 vs 29.6 ms per step at batch 64)"
+    return "static", "auto: CUDA, compiled static cache (H200, 270M: 4.7 vs 40.1 ms per step at batch 64)"
 
 
 def batch_bucket(rows: int, batch_size: int) -> int:

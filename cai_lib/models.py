@@ -78,8 +78,16 @@ def pick_backend(requested: str = "auto", purpose: str = "generate", quantizatio
     the Unsloth-loaded model stage 00 did not finish within two 10-minute calls (the second made
     no progress at all; cause not established), while transformers + bitsandbytes finished the
     same stage in 192 s. Unsloth's speed-up is a training one, and evaluation must not depend on
-    a patched decoding path. For training, auto -> unsloth when CUDA and unsloth are both present,
-    else transformers. An explicit "unsloth" is honoured for both.
+    a patched decoding path. An explicit "unsloth" is honoured for both.
+
+    For training, auto -> the fastest backend measured for the weights the profile trains:
+    - 4-bit / 8-bit (QLoRA; what large models need to fit): unsloth when CUDA and unsloth are
+      both present (H200, Qwen2.5-32B shape: 3.34 vs 8.70 s per step; faster at the 1.5B/7B
+      shapes too), else transformers + bitsandbytes.
+    - bf16 (quantization none; small models, which fit unquantized): transformers. H200,
+      Gemma 3 270M shape, 8 pairs x 128 tokens, precomputed reference: TRL + PEFT bf16 LoRA
+      0.177 s per step vs Unsloth 4-bit 0.226 and TRL + bitsandbytes 4-bit 0.229
+      (benchmarks/results/bench_dpo_270m_h200.json). Unsloth's own bf16 LoRA was not measured.
 
     `world_size` > 1 (several training processes): Unsloth's open-source build trains on one
     GPU only, so auto never picks it and an explicit unsloth is refused.
@@ -96,7 +104,8 @@ def pick_backend(requested: str = "auto", purpose: str = "generate", quantizatio
                        "set quantization: none for CPU")
     if requested == "unsloth" or loaded_backend == "unsloth":
         return _unsloth_checked(requested, world_size, loaded_backend, cuda, unsloth)
-    if requested == "auto" and purpose == "train" and world_size <= 1 and loaded_backend is None and cuda:
+    if requested == "auto" and purpose == "train" and world_size <= 1 and loaded_backend is None and cuda \
+            and quantization != "none":
         if _importable("unsloth") if unsloth is None else unsloth:
             return "unsloth"
     return {"4bit": "transformers+bnb4", "8bit": "transformers+bnb8"}.get(quantization, "transformers")

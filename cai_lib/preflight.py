@@ -369,12 +369,21 @@ class Finding:
     def __str__(self) -> str:
         head = f"{self.stage}: {self.level.upper()} estimated peak {self.gib:.1f} GiB of {self.limit_gib:.1f} GiB usable"
         if self.level == "ok":
-            return f"{head}; ~{self.seconds / 60:.0f} min"
+            return f"{head}; ~{duration(self.seconds)}"
         if self.suggest is None:
             return f"{head} — even batch 1 does not fit: set quantization: 4bit or use a larger card"
         if self.level == "warn":
             return f"{head}; little headroom — {self.key}: {self.suggest} stays under {WARN:.0%} of it"
         return f"{head} — set {self.key}: {self.suggest} (largest under {WARN:.0%} of usable) or use a larger card"
+
+
+def duration(seconds: float) -> str:
+    """Seconds below 2 minutes, minutes below 2 hours, else hours ("~0 min" said nothing at 270M)."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def check(model_config: dict, cfg_values: dict, gpu_gib: float) -> list[Finding]:
@@ -416,5 +425,5 @@ def summary_lines(model_config: dict, cfg_values: dict, gpu_gib: float) -> list[
     """What `cai run --preflight` prints: one line per stage, then the whole run's time."""
     lines = [str(f) for f in check(model_config, cfg_values, gpu_gib)]
     hours = estimate(model_config, cfg_values)["total_hours"]
-    lines.append(f"whole run: ~{hours:.1f} h upper bound (every generation to its token limit, every item a pair)")
+    lines.append(f"whole run: ~{duration(hours * 3600)} upper bound (every generation to its token limit, every item a pair)")
     return lines

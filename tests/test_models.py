@@ -120,8 +120,8 @@ def test_auto_backend_uses_unsloth_for_training_only(monkeypatch):
     """On a CUDA machine with Unsloth, auto trains with Unsloth but generates with transformers."""
     monkeypatch.setattr(models, "cuda_available", lambda: True)
     monkeypatch.setattr(models, "_importable", lambda name: True)
-    assert models.pick_backend("auto", "train") == "unsloth"
-    assert models.pick_backend("auto", "generate") == "transformers"
+    assert models.pick_backend("auto", "train", "4bit") == "unsloth"
+    assert models.pick_backend("auto", "generate", "4bit") == "transformers+bnb4"
     assert models.pick_backend("unsloth", "generate") == "unsloth"  # explicit choice honoured
     with pytest.raises(CaiError, match="unknown load purpose"):
         models.pick_backend("auto", "serve")
@@ -133,6 +133,10 @@ def test_training_backend_follows_the_machine():
     assert pb("auto", "train", "none", cuda=False) == "transformers"
     assert pb("transformers", "train", "none", cuda=False) == "transformers"
     assert pb("auto", "train", "4bit", cuda=True, unsloth=True) == "unsloth"
+    assert pb("auto", "train", "8bit", cuda=True, unsloth=True) == "unsloth"
+    # bf16 LoRA: transformers measured fastest (270M shape, H200); Unsloth only when asked
+    assert pb("auto", "train", "none", cuda=True, unsloth=True) == "transformers"
+    assert pb("unsloth", "train", "none", cuda=True, unsloth=True) == "unsloth"
     assert pb("auto", "train", "4bit", cuda=True, unsloth=False) == "transformers+bnb4"
     assert pb("transformers", "train", "4bit", cuda=True, unsloth=True, loaded_backend="transformers") == "transformers+bnb4"
     assert pb("auto", "train", "4bit", cuda=True, loaded_backend="unsloth") == "unsloth"

