@@ -108,6 +108,7 @@ def run_baseline(loaded, cfg, paths, *, progress: bool = True) -> dict:
     records = scoring.score_records([{**r, **o} for r, o in zip(rows, outs)])
     write_jsonl(paths.baseline, records)
 
+    t_sent = time.time()
     sentinel_outs = run_sentinels(loaded, partial(gen.generate, cache=cfg.gen_cache),
                                   max_new_tokens=cfg.baseline_max_new_tokens,
                                   batch_size=cfg.gen_batch_size, progress=False)
@@ -115,9 +116,13 @@ def run_baseline(loaded, cfg, paths, *, progress: bool = True) -> dict:
     write_jsonl(paths.results / "sentinels.jsonl", sentinels)
 
     raw = [r["prompt"] for r in rows if r["format"] == "raw"][: cfg.determinism_sample]
+    t_det = time.time()
     determinism = gen.determinism_check(loaded.model, loaded.tokenizer, raw,
                                         max_new_tokens=cfg.baseline_max_new_tokens,
                                         batch_size=cfg.gen_batch_size, cache=cfg.gen_cache) if raw else None
+    # where stage 00's time goes (issue 13): the baseline, the sentinels, the batch-1 check
+    timing = {"baseline_seconds": round(seconds, 2), "sentinels_seconds": round(t_det - t_sent, 2),
+              "determinism_seconds": round(time.time() - t_det, 2)}
     new_tokens = sum(o["new_tokens"] for o in outs)
     summary = {
         "items_file": str(items_path),
@@ -130,6 +135,7 @@ def run_baseline(loaded, cfg, paths, *, progress: bool = True) -> dict:
         "sentinels": [{k: s.get(k) for k in ("id", "instruction", "response", "finish_reason", "strict",
                                               "loose", "form", "failures")} for s in sentinels],
         "determinism": determinism,
+        "timing": timing,
         "throughput": {"new_tokens": new_tokens, "seconds": round(seconds, 2),
                        "tokens_per_s": round(new_tokens / seconds, 2) if seconds else None,
                        "batch_size": cfg.gen_batch_size},

@@ -89,7 +89,9 @@ def evaluate_arms(cfg, paths, *, progress: bool = True, generate_fn=None) -> tup
     if not items:
         raise CaiError(f"{paths.eval_instructions}: empty eval set — rerun stage 01 with n_eval_items > 0")
     mem_start = manifest.memory_now()
+    t_load = time.time()
     loaded, model = load_models(cfg, paths)
+    load_seconds = round(time.time() - t_load, 2)
     plan = {"n_items": len(items), "by_type": _count_types(items), "model": cfg.model,
             "backend": loaded.backend, "adapter": str(paths.adapter),
             "decoding": {"do_sample": False, "max_new_tokens": cfg.eval_max_new_tokens,
@@ -111,12 +113,15 @@ def evaluate_arms(cfg, paths, *, progress: bool = True, generate_fn=None) -> tup
     # eval items - identical strings, and whether the strict/loose/form *rates* move.
     from .generate import comparability_certificate
     sample = items[: cfg.determinism_sample]
+    t_cert = time.time()
     certificate = comparability_certificate(model, loaded.tokenizer, sample, max_new_tokens=cfg.eval_max_new_tokens,
                                             batch_size=cfg.gen_batch_size, cache=cfg.gen_cache) if sample else None
     determinism = None if certificate is None else {
         "n": certificate["n"], "agree": certificate["identical"], "rate": certificate["identical_rate"],
         "batch_size": cfg.gen_batch_size, "max_new_tokens": cfg.eval_max_new_tokens, "cache": certificate["cache"],
         "mismatches": certificate["mismatches"]}
+    # where stage 03's time goes (issue 13): load, each arm, the certificate's two passes
+    timing = {**timing, "load_seconds": load_seconds, "certificate_seconds": round(time.time() - t_cert, 2)}
     summary = {**plan, "timing": timing, "determinism": determinism, "certificate": certificate,
                "memory_end": manifest.memory_now(),
                "base": scoring.summarize(base), "base_fewshot": scoring.summarize(fewshot),

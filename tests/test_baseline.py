@@ -35,3 +35,20 @@ def test_run_sentinels(tiny_model_dir):
         assert r["prompt"] == it["instruction"]  # evaluation format: the raw instruction
         assert r["finish_reason"] in ("eos", "length", "stop") and isinstance(r["response"], str)
         assert 1 <= r["new_tokens"] <= 4
+
+
+def test_run_baseline_times_each_part(tmp_path, tiny_model_dir):
+    """Stage 00 records where its time goes (baseline, sentinels, batch-1 check) and shows it."""
+    from cai_lib import models, views
+    from cai_lib.config import RunConfig
+    from cai_lib.runs import run_paths
+
+    loaded = models.load_base(str(tiny_model_dir))
+    cfg = RunConfig(model=str(tiny_model_dir), baseline_n_items=2, baseline_max_new_tokens=3, gen_batch_size=4,
+                    determinism_sample=2, gen_cache="dynamic")
+    summary = baseline.run_baseline(loaded, cfg, run_paths(tmp_path / "run"), progress=False)
+    tim = summary["timing"]
+    assert set(tim) == {"baseline_seconds", "sentinels_seconds", "determinism_seconds"}
+    assert all(v >= 0 for v in tim.values()) and tim["baseline_seconds"] == summary["throughput"]["seconds"]
+    text = views.decoding_table(summary).to_string()
+    assert "sentinels" in text and "batch-1 check" in text and "tok/s" in text

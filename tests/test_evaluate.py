@@ -252,6 +252,14 @@ def test_stage03_certificate_and_the_profiles_cache_reach_every_generation(tmp_p
     assert set(cert["batched"]) == set(cert["batch1"]) == {"strict", "loose", "form"}
     assert summary["determinism"]["agree"] == cert["identical"]  # the stage-00-style record is derived from it
     assert "comparability certificate" in views.decoding_table(summary).to_string()
+    # the stage's time by part: every arm, the certificate and the load are timed
+    tim = summary["timing"]
+    assert {"base_seconds", "trained_seconds", "base_fewshot_seconds", "certificate_seconds", "load_seconds"} <= set(tim)
+    assert all(tim[k] >= 0 for k in ("certificate_seconds", "load_seconds"))
+    text = views.time_text(tim, compiled=False)
+    assert "base few-shot" in text and "certificate" in text and "model load" in text and "compil" not in text
+    assert "compiling" in views.time_text(tim, compiled=True)
+    assert views.time_text({"base_seconds": 1, "trained_seconds": 2}).startswith("base 1 s")  # an older summary
     # the verdict-box warning: silent under the limit, one sentence with the rates over it
     assert views.certificate_warnings({**cert, "identical": 2, "flagged": False}, "stage 03") == []
     flagged = {**cert, "identical": 1, "flagged": True}

@@ -206,7 +206,7 @@ def test_unsloth_backend_uses_fast_language_model(tiny_model_dir, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FakeFLM))
     monkeypatch.setattr(models, "cuda_available", lambda: True)
-    loaded = models.load_base(str(tiny_model_dir), dtype="float32", purpose="train")
+    loaded = models.load_base(str(tiny_model_dir), dtype="float32", purpose="train", backend="unsloth")
     assert loaded.backend == "unsloth"
     assert calls["model_name"] == str(tiny_model_dir) and calls["load_in_4bit"] is False
     assert calls["dtype"] == torch.float32 and calls["trust_remote_code"] is False

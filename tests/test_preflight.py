@@ -96,8 +96,9 @@ def test_embedded_model_gpu_small_estimates():
     est = pf.estimate(GEMMA270M, profile("gpu-small"))
     # gpu-small decodes bf16 weights (gen_quantization: none): 268 M parameters x 2 bytes
     assert 0.45 < est["03_evaluate"]["parts"]["weights"] < 0.55
-    est4 = pf.estimate(GEMMA270M, {**profile("gpu-small"), "gen_quantization": "as_train"})
-    assert 0.3 < est4["03_evaluate"]["parts"]["weights"] < 0.4  # 168 M bf16 embedding + 100 M nf4 linear
+    # with 4-bit generation weights: 168 M bf16 embedding + 100 M nf4 linear
+    est4 = pf.estimate(GEMMA270M, {**profile("gpu-small"), "quantization": "4bit", "gen_quantization": "as_train"})
+    assert 0.3 < est4["03_evaluate"]["parts"]["weights"] < 0.4
     assert all(f.level == "ok" for f in pf.check(GEMMA270M, profile("gpu-small"), 80))
 
 
