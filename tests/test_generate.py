@@ -443,3 +443,51 @@ def test_cuda_static_compiles_and_matches_dynamic(tok):
     assert info["cache"] == "static" and "already compiled" in info["cache_reason"]
     assert [r["response"] for r in sta] == [r["response"] for r in dyn]  # fp32: same greedy text
 
+
+
+# ---- dropping finished rows (cai_lib.row_drop) ------------------------------------------
+
+
+def _streams(lm, tok, ids, n):
+    """Each row's greedy tokens with no eos at all (the raw streams the dropping test cuts)."""
+    pad = gen._pad_id(tok, gen._eos_ids(lm, tok))
+    width = max(len(x) for x in ids)
+    inp = torch.full((len(ids), width), pad, dtype=torch.long)
+    att = torch.zeros_like(inp)
+    for r, x in enumerate(ids):
+        inp[r, width - len(x):] = torch.tensor(x)
+        att[r, width - len(x):] = 1
+    from transformers import GenerationConfig
+    cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad, eos_token_id=None)
+    with torch.inference_mode():
+        return lm.generate(input_ids=inp, attention_mask=att, generation_config=cfg)[:, width:].tolist(), pad
+
+
+def test_dropping_finished_rows_changes_no_record_and_saves_row_steps(lm, tok, monkeypatch):
+    from cai_lib import row_drop
+    monkeypatch.setattr(row_drop, "CHUNK", 2)  # drop every 2 tokens so the test sees several drops
+    prompts = PROMPTS + ["Write one sentence about cats and dogs.", "Hi"]
+    ids = guard.encode_prompts(tok, prompts)
+    streams, pad = _streams(lm, tok, ids, 12)
+    eos = [streams[0][2]]  # row 0 ends by its third token; other rows whenever they meet that token
+    stop_text = next((tok.decode([t]).strip() for t in streams[1][4:8] if tok.decode([t]).strip()), None)
+    for stop in ([stop_text] if stop_text else [], None):
+        runs = {}
+        for drop in (False, True):
+            stats = {"steps": 0, "row_steps": 0, "padded_rows": 0, "shapes": set()}
+            runs[drop] = (gen._run_batch(lm, tok, ids, max_new_tokens=12, stop=stop or None, eos=eos, pad=pad,
+                                         stats=stats, drop_finished=drop), stats)
+        (plain, s_plain), (dropped, s_drop) = runs[False], runs[True]
+        assert dropped == plain  # same text, finish reason and token count for every row
+        assert any(r["new_tokens"] < 12 for r in plain) and s_drop["steps"] == s_plain["steps"]
+        assert s_drop["row_steps"] < s_plain["row_steps"]  # finished rows stopped paying
+
+
+def test_generate_drops_finished_rows_on_cpu_dynamic_only(lm, tok):
+    info = {}
+    gen.generate(lm, tok, PROMPTS, max_new_tokens=3, batch_size=4, progress=False, cache="dynamic", info=info)
+    assert info["drops_finished_rows"] is True
+    info = {}
+    gen.generate(lm, tok, PROMPTS, max_new_tokens=3, batch_size=4, progress=False, cache="static", info=info)
+    assert info["drops_finished_rows"] is False  # a compiled shape must not change mid-batch
+    assert gen.drops_finished_rows(_FakeCuda(), "dynamic") is False  # GPU steps cost launches, not rows
