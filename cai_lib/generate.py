@@ -240,14 +240,8 @@ def cache_bucket(length: int) -> int:
     return max(MIN_CACHE_LEN, 1 << max(0, length - 1).bit_length())
 
 
-def drops_finished_rows(model, cache: str) -> bool:
-    """Whether generate() drops finished rows between chunks (cai_lib.row_drop): dynamic cache on CPU."""
-    return cache == "dynamic" and _device_type(model) == "cpu"
-
-
 def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: int, stop, eos, pad,
-               cache: str = "dynamic", pad_rows_to: int | None = None, stats: dict | None = None,
-               drop_finished: bool = False) -> list[dict]:
+               cache: str = "dynamic", pad_rows_to: int | None = None, stats: dict | None = None) -> list[dict]:
     n_real = len(batch_ids)
     # Padding rows copy the last real row: they finish when it does, so they never add steps.
     rows = list(batch_ids) + [batch_ids[-1]] * max(0, (pad_rows_to or n_real) - n_real)
@@ -268,24 +262,17 @@ def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: 
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
         eos_token_id=eos or None, pad_token_id=pad, **cache_kw,
     )
-    if drop_finished and len(rows) > 1:
-        from .row_drop import decode_dropping
-        new, stopped_at, paid = decode_dropping(model, tokenizer, input_ids, attn, max_new_tokens=max_new_tokens,
-                                                eos=eos, pad=pad, stop=stop, stopper_cls=_StopStrings)
-    else:
-        stopper = _StopStrings(tokenizer, stop, width, len(rows)) if stop else None
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
-                stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
-            )
-        new = out[:, width:].tolist()
-        stopped_at = stopper.stopped_at if stopper is not None else [None] * len(rows)
-        steps = out.shape[1] - width  # decoding steps this batch ran: every row pays each one
-        paid = {"steps": steps, "row_steps": len(rows) * steps}
+    stopper = _StopStrings(tokenizer, stop, width, len(rows)) if stop else None
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
+            stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
+        )
+    new = out[:, width:].tolist()
     if stats is not None:
-        stats["steps"] += paid["steps"]
-        stats["row_steps"] += paid["row_steps"]
+        steps = out.shape[1] - width  # decoding steps this batch ran: every row pays each one
+        stats["steps"] += steps
+        stats["row_steps"] += len(rows) * steps
         stats["padded_rows"] += len(rows) - n_real
         # transformers never shrinks a model's static cache (5.17 and 5.24 keep the longest
         # length on the model), so the length in use can exceed this batch's bucket
@@ -302,8 +289,8 @@ def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: 
         end = len(row)
         reason = "length"
         first_eos = next((k for k, t in enumerate(row) if t in eos_set), None)
-        if stopped_at[r] is not None and (first_eos is None or stopped_at[r] <= first_eos):
-            end, reason = stopped_at[r], "stop"
+        if stopper is not None and stopper.stopped_at[r] is not None and (first_eos is None or stopper.stopped_at[r] <= first_eos):
+            end, reason = stopper.stopped_at[r], "stop"
         elif first_eos is not None:
             end, reason = first_eos + 1, "eos"  # the eos token counts as generated
         text_ids = [t for t in row[:end] if t not in eos_set]
@@ -335,10 +322,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
     cache: one of GEN_CACHES (see pick_cache). Under auto, a batch that fails with the static
     cache is retried with the dynamic one, which decodes the rest of the call (`info` names the
     error under "fallback"); an explicit static that fails is a one-line CaiError.
-    On CPU with the dynamic cache, finished rows leave their batch every few tokens
-    (cai_lib.row_drop), so a row that stopped early does not pay for its batch-mates' steps.
     info: a dict filled with how the call decoded - cache kind and why, whether the decoding
-    step was compiled, whether finished rows were dropped, the (rows, cache length) shapes used, fallback, and the row-steps paid
+    step was compiled, the (rows, cache length) shapes used, fallback, and the row-steps paid
     against the tokens kept (the cost of rows that finished early but stayed in their batch).
     """
     from tqdm import tqdm  # text bars: they render in the executed notebook and its HTML
@@ -372,7 +357,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
                 recs = _run_batch(model, tokenizer, [encoded[i] for i in idx],
                                   max_new_tokens=max_new_tokens, stop=stop, eos=eos, pad=pad, cache=kind,
                                   pad_rows_to=batch_bucket(len(idx), bs) if kind == "static" else None,
-                                  stats=stats, drop_finished=drops_finished_rows(model, kind))
+                                  stats=stats)
             except torch.cuda.OutOfMemoryError:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -407,7 +392,6 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
         kept = sum(r["new_tokens"] for r in results)  # type: ignore[index]
         info.update({"cache": kind, "cache_reason": why, "fallback": fallback,
                      "compiled": kind == "static" and compiles_decoding(model),
-                     "drops_finished_rows": drops_finished_rows(model, kind),
                      "shapes": sorted(stats["shapes"]), "batch_size": bs, "padded_rows": stats["padded_rows"],
                      "steps": stats["steps"], "row_steps": stats["row_steps"], "new_tokens": kept,
                      "row_step_use": kept / stats["row_steps"] if stats["row_steps"] else float("nan")})
