@@ -2,16 +2,17 @@
 # Run THERE (device machine), from the repo root, once setup.sh has installed .whl/g1 and
 # .whl/g2 and staged .carry/m1..m4 and .carry/small. Rebuilds the embedded model, runs the
 # gpu-small profile end to end, and copies the HTML reports + manifest to $OUT (<= 8 files).
-#   RUN_ID=gpu-small-h100 STAGES=00,01 bash scripts/device/run_gpu_small.sh   # split over calls if needed
+#   RUN_ID=gpu-small-h200 STAGES=00,01 bash scripts/device/run_gpu_small.sh   # split over calls if needed
 #   SETS="gen_cache=static backend=transformers" ...                            # profile overrides (cai run --set)
 set -o pipefail
 source scripts/device/env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-# gpu-small trains a few hundred short steps: Unsloth's compilation (~80 s extra once) does not
-# pay off below ~450 steps of this shape (reports/benchmarks.md).
+# gpu-small now trains bf16 LoRA with transformers (backend auto); this matters only when a run
+# sets quantization: 4bit (Unsloth): its compilation (~80 s extra once) does not pay off below
+# ~450 steps of this shape (reports/benchmarks.md).
 export UNSLOTH_COMPILE_DISABLE=${UNSLOTH_COMPILE_DISABLE:-1}
 export CAI_NOTEBOOK_LOG=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-20}  # progress lines in the call's output
-RUN_ID=${RUN_ID:-gpu-small-h100}
+RUN_ID=${RUN_ID:-gpu-small-h200}
 SET_ARGS=(); for kv in ${SETS:-}; do SET_ARGS+=(--set "$kv"); done
 bash scripts/device/rebuild.sh || exit 2
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
