@@ -56,12 +56,19 @@ Time (upper bounds: every generation runs to its max_new_tokens, every pair is k
                    HBM_BW 3.0e12 B/s (H100/H200 class)
                    + 2 * N_mm * batch / (PEAK * MFU)   (the matmuls; small next to the launches)
     prefill      = 2 * N_mm * batch * prompt / (PEAK * MFU)
-    a generation stage = batches * (prefill + new_tokens * decode_step), + batch-1 determinism runs
+    a generation stage = batches * (prefill + new_tokens * decode_step), + batch-1 determinism runs,
+                   + the stage process (STAGE_PROCESS_S 30 s + weights / LOAD_BW 0.5 GB/s)
+                   + compiling a static cache's step, cold, per graph: 60.4 s (batch) + 20.4 s (batch 1);
+                   stage 03 has two graphs (adapter off, on). H200, 270M; warm later stages pay ~20 s.
     DPO micro-step = S*T * N_mm * K / (PEAK * MFU), N_mm = P_lin + V*h (lm_head matmul),
                    K = 6 with gradient checkpointing (fwd 2 + bwd to activations 2 + recompute 2),
                    4 without; reference log-probs: 2*N_mm per token once (precompute) or per step;
                    PEAK 989e12 FLOP/s (H100 SXM dense bf16), MFU 0.25 (7B Unsloth: 25.5-26.9%)
     optimizer steps = ceil(pairs / (batch * accumulation)) * epochs, pairs <= n_train_items
+    floors for small models (overhead-bound): a micro-step >= 0.30 s, precomputed reference
+                   log-probs >= 0.20 s per batch (gpu-small, 270M, H200: 0.24 s per step, 11 s for
+                   69 batches); the training stage adds the same process + load cost
+    The result for gpu-small on an H200 (2026-12-04): 368 s measured, this model ~9 min.
 
 Calibration (measured peaks, benchmarks in reports/benchmarks.md; tests/test_preflight.py
 checks every one is within 15%): Qwen2.5-7B DPO step Unsloth 7.04 GiB, Qwen2.5-1.5B 1.97 GiB
@@ -100,6 +107,13 @@ MIN_STATIC_CACHE = 512  # generate.MIN_CACHE_LEN
 HBM_BW = 3.0e12
 PEAK_FLOPS, MFU = 989e12, 0.25
 UNSLOTH_COMPILE_S = 45.0  # first-step compilation seen at 7B (42 s); a fixed cost per session
+# Fixed costs the FLOP model does not see, which dominate a small model's run (issue 13: the
+# model above put gpu-small at ~41 s while it took 368 s of stage time on an H200):
+STAGE_PROCESS_S = 30.0  # notebook kernel, imports, HTML render: gpu-small stage 04 took 8 s, stage 02 27 s beyond training
+LOAD_BW = 0.5e9  # bytes/s loading weights: the 32B shape's 17.9 GiB nf4 loaded in 21-33 s (0.6-0.9 GB/s)
+COMPILE_SHAPE_S = (60.4, 20.4)  # a compiled static cache, cold: first shape (batch), second (batch 1), H200
+TRAIN_MICRO_FLOOR_S = 0.30  # per micro-step: gpu-small's 270M bf16 LoRA averaged 0.24 s (8 pairs, logging, saves)
+REF_BATCH_FLOOR_S = 0.20  # per batch of precomputed reference log-probs: 545 pairs / 8 in 11 s there
 
 # Prompt lengths in tokens, measured on the package's own frames with the Qwen-like byte BPE
 # of benchmarks/build_shape_checkpoint.py (~1.2 tokens per word; a real tokenizer differs by
@@ -258,6 +272,19 @@ def _gen_seconds(s, cfg, n_prompts: int, batch: int, prompt: int, new: int, dete
     return (batched + det) * _batch_s(s, cfg, batch, prompt, new) + determinism * _batch_s(s, cfg, 1, prompt, new)
 
 
+def _compile_s(cfg: dict, graphs: int) -> float:
+    """Compiling a static cache's decoding step: both shapes (batch, batch 1) per graph, cold.
+
+    An upper bound: a later stage of the same run finds its shapes in torch's on-disk cache
+    (14.4 + 5.5 s instead of 60.4 + 20.4, same H200) when it compiles them in the same order."""
+    return graphs * sum(COMPILE_SHAPE_S) if cfg.get("static_cache") and cfg.get("quantization", "none") == "none" else 0.0
+
+
+def _process_s(s: Shape, cfg: dict) -> float:
+    """A stage process's fixed cost: kernel, imports, HTML, and reading the weights once."""
+    return STAGE_PROCESS_S + weights_bytes(s, cfg) / LOAD_BW
+
+
 def _train_seconds(s: Shape, cfg: dict, seq_tokens: int, backend: str) -> dict:
     pairs = int(cfg.get("n_train_items", 0))
     b, acc = int(cfg.get("per_device_batch_size", 4)), int(cfg.get("gradient_accumulation_steps", 1))
@@ -267,11 +294,15 @@ def _train_seconds(s: Shape, cfg: dict, seq_tokens: int, backend: str) -> dict:
     tokens = 2 * b * seq_tokens
     k = 6 if cfg.get("gradient_checkpointing") else 4
     precompute = cfg.get("precompute_ref_log_probs", True)
-    micro = tokens * s.matmul_params * (k + (0 if precompute else 2)) / (PEAK_FLOPS * MFU)
-    ref = 2 * pairs * seq_tokens * s.matmul_params * 2 / (PEAK_FLOPS * MFU) if precompute else 0.0
+    # a small model's step is bound by overhead, not FLOPs: never below the measured floor
+    micro = max(TRAIN_MICRO_FLOOR_S, tokens * s.matmul_params * (k + (0 if precompute else 2)) / (PEAK_FLOPS * MFU))
+    ref = max(REF_BATCH_FLOOR_S * math.ceil(pairs / b),
+              2 * pairs * seq_tokens * s.matmul_params * 2 / (PEAK_FLOPS * MFU)) if precompute else 0.0
     compile_s = UNSLOTH_COMPILE_S if backend == "unsloth" and cfg.get("unsloth_compile") else 0.0
+    overhead = _process_s(s, cfg)
     return {"optimizer_steps": math.ceil(steps), "micro_step_s": micro, "step_s": micro * acc,
-            "reference_s": ref, "seconds": math.ceil(steps) * micro * acc + ref + compile_s}
+            "reference_s": ref, "overhead_s": overhead, "compile_s": compile_s,
+            "seconds": math.ceil(steps) * micro * acc + ref + compile_s + overhead}
 
 
 # ---- stages --------------------------------------------------------------------------------
@@ -333,13 +364,18 @@ def estimate(model_config: dict, cfg_values: dict, *, seq_tokens: int | None = N
         out[p["stage"]] = {
             "gib": sum(parts.values()) / GIB, "parts": {k: v / GIB for k, v in parts.items()},
             "batch": p["batch"], "prompt_tokens": p["prompt"], "new_tokens": p["new"],
-            "seconds": _gen_seconds(s, gcfg, p["prompts"], p["batch"], p["prompt"], p["new"], p["determinism"],
-                                    p["passes"], p["extra"]),
+            "work_s": _gen_seconds(s, gcfg, p["prompts"], p["batch"], p["prompt"], p["new"], p["determinism"],
+                                   p["passes"], p["extra"]),
+            "overhead_s": _process_s(s, gcfg),
+            # stage 03 decodes with the adapter off and on: two compiled graphs
+            "compile_s": _compile_s(gcfg, 2 if p["lora"] else 1),
             "decode_step_s": decode_step_s(s, gcfg, p["batch"]), "quantization": gcfg["quantization"],
             "static_cache": gcfg["static_cache"], "batch_key": "gen_batch_size", "length_key": p["new_key"],
             "per_batch_bytes": sum(v for k, v in parts.items() if k in ("kv_cache", "prefill", "decode_logits")) / p["batch"],
             "fixed_bytes": sum(v for k, v in parts.items() if k not in ("kv_cache", "prefill", "decode_logits")),
         }
+    for v in out.values():
+        v["seconds"] = v["work_s"] + v["overhead_s"] + v["compile_s"]
     backend = training_backend or _training_backend(cfg)
     t = seq_tokens or train_seq_tokens(cfg)
     parts = training_bytes(s, cfg, seq_tokens=t, backend=backend)
