@@ -27,7 +27,8 @@ from transformers import GenerationConfig, StoppingCriteriaList
 
 from . import guard
 from .errors import CaiError
-from .generate import _StopStrings, _eos_ids, _pad_id, _record_compiled, compiles_decoding, pick_cache, static_plan
+from .generate import _StopStrings, _eos_ids, _pad_id
+from .kv_cache import _record_compiled, compiles_decoding, pick_cache, static_plan
 from .prompts import cut_at_stop
 
 
