@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_shapes  # noqa: E402
 
 H100_BF16_DENSE = 989.4e12
+
+
 def split_words(seq: int) -> tuple[int, int]:
     """(prompt words, completion words) filling `seq` tokens with EOS: a third prompt (384 -> 127 + 256)."""
     prompt = seq // 3 - 1

@@ -74,24 +74,33 @@ class _StopStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: int, stop, eos, pad,
-               cache: str = "dynamic", pad_rows_to: int | None = None, stats: dict | None = None) -> list[dict]:
-    n_real = len(batch_ids)
-    # Padding rows copy the last real row: they finish when it does, so they never add steps.
-    rows = list(batch_ids) + [batch_ids[-1]] * max(0, (pad_rows_to or n_real) - n_real)
+def left_pad(model, rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) on the model's device, every prompt right-aligned.
+
+    Left padding: every prompt ends at the same column, so the new tokens of every row start
+    together and greedy decoding sees each prompt exactly as at batch 1."""
     width = max(len(x) for x in rows)
-    # Left padding: every prompt ends at the same column, so the new tokens of every row
-    # start together and greedy decoding sees each prompt exactly as at batch 1.
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attn = torch.zeros((len(rows), width), dtype=torch.long)
     for r, ids in enumerate(rows):
         input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
         attn[r, width - len(ids):] = 1
     device = getattr(model, "device", torch.device("cpu"))
-    input_ids, attn = input_ids.to(device), attn.to(device)
+    return input_ids.to(device), attn.to(device)
+
+
+def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: int, stop, eos, pad,
+               cache: str = "dynamic", pad_rows_to: int | None = None, stats: dict | None = None) -> list[dict]:
+    n_real = len(batch_ids)
+    # Padding rows copy the last real row: they finish when it does, so they never add steps.
+    rows = list(batch_ids) + [batch_ids[-1]] * max(0, (pad_rows_to or n_real) - n_real)
+    input_ids, attn = left_pad(model, rows, pad)
+    width = input_ids.shape[1]
     cache_kw = {}
     if cache == "static":
-        cache_kw = {"cache_implementation": "static", "max_cache_len": cache_bucket(width + max_new_tokens)}
+        # the length transformers will use: this batch's bucket or the model's longer cache
+        cache_len, _ = static_plan(model, len(rows), width, max_new_tokens)
+        cache_kw = {"cache_implementation": "static", "max_cache_len": cache_len}
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
         eos_token_id=eos or None, pad_token_id=pad, **cache_kw,
@@ -108,14 +117,9 @@ def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: 
         stats["steps"] += steps
         stats["row_steps"] += len(rows) * steps
         stats["padded_rows"] += len(rows) - n_real
-        # transformers never shrinks a model's static cache (5.17 and 5.24 keep the longest
-        # length on the model), so the length in use can exceed this batch's bucket
-        used = max(cache_kw.get("max_cache_len", 0), getattr(_base_model(model), "_previous_max_cache_length", 0)) \
-            if cache_kw else 0
-        stats["shapes"].add((len(rows), used))
-    if cache_kw and compiles_decoding(model):
-        _record_compiled(model, len(rows), max(cache_kw["max_cache_len"],
-                                               getattr(_base_model(model), "_previous_max_cache_length", 0) or 0))
+        stats["shapes"].add((len(rows), cache_kw.get("max_cache_len", 0)))
+    if cache_kw:
+        _record_compiled(model, len(rows), cache_kw["max_cache_len"])
     recs = []
     eos_set = set(eos)
     for r, ids in enumerate(batch_ids):

@@ -151,6 +151,9 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _record_compiled(model, rows: int, cache_len: int) -> None:
+    """Remember a static shape this process has decoded with, if transformers compiled it."""
+    if not compiles_decoding(model):
+        return
     try:
         _COMPILED.setdefault(_base_model(model), set()).add((rows, cache_len))
     except TypeError:  # an object that cannot be weakly referenced (test doubles): nothing to remember

@@ -146,6 +146,11 @@ def slice_seed(seed: int, ids: Sequence[str]) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{','.join(ids)}".encode()).digest()[:4], "big")
 
 
+def prompts_per_sample_call(cfg) -> int:
+    """Prompts in one sampling call: its rows (prompts x pair_sc_k) fit in gen_batch_size."""
+    return max(1, int(cfg.gen_batch_size) // int(cfg.pair_sc_k))
+
+
 def run_sample_step(items, store, *, loaded, sample_fn, cfg, max_new_tokens, rotate_fn, progress, timing):
     """k sampled answers per item to its response-step prompt, stored as one row per item."""
     step, k, temp = "sample", int(cfg.pair_sc_k), float(cfg.pair_sc_temperature)
@@ -161,7 +166,7 @@ def run_sample_step(items, store, *, loaded, sample_fn, cfg, max_new_tokens, rot
                            "prompt, max_new_tokens, pair_sc_k or pair_sc_temperature — delete that file (or use a "
                            "new --run-id) to regenerate")
         requests.append((it, prompt))
-    per_call = max(1, int(cfg.gen_batch_size) // k)  # rows per call = prompts x k
+    per_call = prompts_per_sample_call(cfg)
     order = sorted(range(len(requests)), key=lambda i: (-len(requests[i][1]), i))
     chunks = [[requests[i] for i in order[j:j + per_call]] for j in range(0, len(order), per_call)]
     bar = None

@@ -83,7 +83,7 @@ from .jsonl import write_json, write_jsonl
 from functools import partial
 
 from .pair_generation import (GenerationStore, cut_answer, default_generate, default_rotate, default_sample,
-                              run_sample_step, run_step, score_answer)
+                              prompts_per_sample_call, run_sample_step, run_step, score_answer)
 from .pair_stats import REASONS, count_words, is_eos_immediately, length_only_kind, pair_diagnostics, word_edit_distance
 from .pair_vote import candidates, vote, vote_record, wrong_samples
 from .text import squash_spaces
@@ -336,7 +336,7 @@ def build_pairs(loaded, items: Sequence[dict], cfg, paths, *, strategy: str | No
         _format_distillation(b)
     elif strategy == "self_consistency":
         # a static cache pads every sampling call to the same rows (prompts per call x k)
-        rows = max(1, int(cfg.gen_batch_size) // int(cfg.pair_sc_k)) * int(cfg.pair_sc_k)
+        rows = prompts_per_sample_call(cfg) * int(cfg.pair_sc_k)
         _self_consistency(b, sample_fn or partial(default_sample, cache=cfg.gen_cache, batch_rows=rows))
     else:
         _critique_revision(b)

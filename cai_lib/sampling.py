@@ -27,8 +27,8 @@ from transformers import GenerationConfig, StoppingCriteriaList
 
 from . import guard
 from .errors import CaiError
-from .generate import _StopStrings, _eos_ids, _pad_id
-from .kv_cache import _record_compiled, compiles_decoding, pick_cache, static_plan
+from .generate import _StopStrings, _eos_ids, _pad_id, left_pad
+from .kv_cache import _record_compiled, pick_cache, static_plan
 from .prompts import cut_at_stop
 
 
@@ -59,20 +59,15 @@ def sample_generate(model, tokenizer, prompts: Sequence[str], *, k: int, tempera
     if kind == "static":
         rows += [rows[-1]] * (full_rows - n_real)
         cache_kw = {"cache_implementation": "static", "max_cache_len": cache_len}
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, ids in enumerate(rows):  # left padding, as generate() does
-        input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attn[r, width - len(ids):] = 1
-    device = getattr(model, "device", torch.device("cpu"))
+    input_ids, attn = left_pad(model, rows, pad)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=float(temperature), top_k=0,
                            top_p=1.0, num_beams=1, eos_token_id=eos or None, pad_token_id=pad, **cache_kw)
     stopper = _StopStrings(tokenizer, stop, width, len(rows)) if stop else None
     torch.manual_seed(int(seed))
     with torch.inference_mode():
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), generation_config=cfg,
+        out = model.generate(input_ids=input_ids, attention_mask=attn, generation_config=cfg,
                              stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None)
-    if cache_kw and compiles_decoding(model):
+    if cache_kw:
         _record_compiled(model, len(rows), cache_len)
     new = out[:, width:].tolist()[:n_real]
     eos_set = set(eos)
