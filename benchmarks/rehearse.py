@@ -8,7 +8,7 @@ Runs, with the profile's own settings (notebooks/params/<profile>.yaml, model re
   are `data_max_new_tokens` tokens long (the cap generation puts on them), with the profile's
   batch, accumulation, max_length, checkpointing and backend; the adapter it saves is used by:
 - evaluation (stage 03): `cai_lib.evaluate.load_models` (base + adapter on one copy of the
-  weights) and `evaluate.generate_both` (adapter toggled off for base, on for trained).
+  weights) and `evaluate.generate_three` (adapter toggled off for the base arms, on for trained).
 Per stage: peak allocated/reserved GPU memory (under --cap-gib via
 torch.cuda.set_per_process_memory_fraction), seconds per batch/step on the sample, the
 extrapolated time of the full profile, the batch size at which the stage runs out of memory
@@ -386,8 +386,8 @@ def run_eval(cfg, args, run_dir: Path, progress=lambda out: None) -> dict:
     tok = loaded.tokenizer
     n = cfg.gen_batch_size * args.gen_batches
     items = sample_items(split.eval_pool(), n, cfg.seed)[:n]
-    with Peak() as pk:  # stage 03's three arms: base raw, trained raw, base few-shot (the longest prompts)
-        base, _fewshot, trained, timing = evaluate.generate_three(model, tok, items, cfg, progress=False)
+    with Peak() as pk:  # stage 03's three arms: base raw, base few-shot (the longest prompts), trained raw
+        base, _fewshot, trained, timing, _ = evaluate.generate_three(model, tok, items, cfg, progress=False)
     n_batches = math.ceil(len(items) / cfg.gen_batch_size)
     out["03_evaluate"] = {**pk.record(), "n": len(items), "batch": cfg.gen_batch_size,
                           "max_new_tokens": cfg.eval_max_new_tokens, **timing,

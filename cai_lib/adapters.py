@@ -5,9 +5,11 @@ Later stages apply the adapter in `<run>/adapter/` to the base model with PEFT
 it holds only the LoRA matrices, and loading it as a model would either fail or silently
 give the base model back (the older system did this in one code path).
 
-Evaluation keeps ONE copy of the base weights and compares base and trained by toggling
-the adapter (`adapter_disabled`), which halves memory against two loaded models and
-guarantees both see identical base weights.
+Evaluation keeps ONE copy of the base weights: base and trained are compared either by
+toggling the adapter (`adapter_disabled`) or, on unquantized weights, by running the base
+arms first and then merging the adapter into those weights (`load_adapter(merge=True)`),
+which halves memory against two loaded models and guarantees both see identical base
+weights. `base_view` is the one way to ask for "the base model" and refuses merged weights.
 
 Every adapter written by `train.train_dpo` carries `cai_adapter.json` with the identity
 of the base model it was trained on (`base_identity`); `check_adapter_matches` refuses to
@@ -186,8 +188,29 @@ def load_adapter(base_model, adapter_dir, *, merge: bool = False, is_trainable: 
             # the trained one. Keep the adapter unmerged on a quantized base.
             raise CaiError("merge=True on a 4/8-bit base would re-quantize the merged weights — load the base unquantized or use merge=False")
         model = model.merge_and_unload()
+        # from here these weights are the trained model: base_view refuses them
+        setattr(model, MERGED_FLAG, str(p))
     model.eval()
     return model
+
+
+# Attribute set on a model whose weights carry a merged adapter (its value: the adapter folder).
+MERGED_FLAG = "cai_merged_adapter"
+
+
+@contextlib.contextmanager
+def base_view(model):
+    """The base model for the block: a PeftModel with its adapter switched off, or a plain model
+    whose weights no adapter was merged into. A merged model is refused (it is the trained one)."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+        return
+    merged = getattr(model, MERGED_FLAG, None)
+    if merged:
+        raise CaiError(f"the adapter {merged} is merged into these weights, so they are not the base model - "
+                       "run the base arms before merging (evaluate.generate_three does)")
+    yield model
 
 
 @contextlib.contextmanager

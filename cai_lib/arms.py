@@ -73,21 +73,22 @@ def check_no_eval_examples(items: Sequence[dict], requests: Sequence[tuple[str, 
 
 def generate_fewshot(model, tokenizer, items: Sequence[dict], cfg, *, progress: bool = True,
                      generate_fn=None, rotate_fn=None) -> tuple[list[dict], dict]:
-    """The base model (adapter disabled) on `items` with the few-shot frame; scored records.
+    """The base model (adapters.base_view: adapter switched off, or not yet merged) on `items` with
+    the few-shot frame; scored records.
 
     Records keep the item's raw `instruction` (so they pair with the other arms by id and
     instruction) plus `format`, `fewshot_ids`, `prompt_chars`. Returns (records, timing).
     """
     import time
 
-    from .adapters import adapter_disabled
+    from .adapters import base_view
     from .generate import generate as _generate
     generate = generate_fn or partial(_generate, cache=cfg.gen_cache)
     requests = fewshot_requests(items, cfg, rotate_fn)
     check_no_eval_examples(items, requests)
     stops = prompts.stop_strings("response")
     t0 = time.time()
-    with adapter_disabled(model):
+    with base_view(model):
         outs = generate(model, tokenizer, [p for p, _ in requests], max_new_tokens=cfg.eval_max_new_tokens,
                         batch_size=cfg.gen_batch_size, stop=stops, progress=progress, desc="base few-shot")
     if len(outs) != len(items):

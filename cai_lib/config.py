@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .constants import (BACKENDS, DTYPES, GATE_FIELDS, GEN_CACHES, GEN_QUANTIZATIONS, PAIR_STRATEGIES,
+from .constants import (BACKENDS, DTYPES, EVAL_ADAPTERS, GATE_FIELDS, GEN_CACHES, GEN_QUANTIZATIONS, PAIR_STRATEGIES,
                         QUANTIZATIONS, REPORT_TO)
 from .errors import CaiError
 
@@ -143,6 +143,10 @@ class RunConfig:
                                kind=int, lo=1)
     precompute_ref_log_probs: bool = _p(True, "reference pass once: ~40% faster steps (differs: TRL False)",
                                         kind=bool)
+    # The reference pass is inference only (no activations kept for backward), so a small model
+    # takes far larger batches there than in training; TRL defaults it to the training batch.
+    ref_batch_size: int = _p(0, "pairs per batch of the precomputed reference pass; 0 = per_device_batch_size",
+                             kind=int, lo=0)
     gradient_checkpointing: bool = _p(False, "trade compute for memory (large models)", kind=bool)
     # Unsloth's torch.compile: on an H100 it cost ~83 s once at the first step and saved
     # ~0.18 s per later step (270M shape), paying off only after ~450 steps.
@@ -154,6 +158,8 @@ class RunConfig:
 
     # ---- 03 evaluate --------------------------------------------------------------------
     eval_max_new_tokens: int = _p(48, "greedy, no stop strings", kind=int, lo=1)
+    eval_adapter: str = _p("auto", "trained arm's adapter: merged into the weights after the base arms, or unmerged; "
+                                   "auto merges unquantized weights on a GPU", kind=str, choices=EVAL_ADAPTERS)
     dry_run: bool = _p(False, "load models, validate the eval set, print the plan, generate nothing", kind=bool)
 
     # ---- 04 report ----------------------------------------------------------------------

@@ -11,6 +11,10 @@ QUANTIZATIONS = ("none", "8bit", "4bit")
 GEN_QUANTIZATIONS = ("as_train",) + QUANTIZATIONS
 # KV cache for generation: "auto" picks per device what measured faster (cai_lib.generate).
 GEN_CACHES = ("auto", "static", "dynamic")
+# How stage 03's trained arm carries the adapter: "unmerged" = PEFT's LoRA layers on the base
+# weights (switched off for the base arms), "merged" = the LoRA product folded into the base
+# weights after the base arms ran; "auto" decides per device and weights (evaluate.adapter_plan).
+EVAL_ADAPTERS = ("auto", "merged", "unmerged")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PAIR_STRATEGIES = ("format_distillation", "critique_revision", "self_consistency")
 GATE_FIELDS = ("strict", "loose")

@@ -211,7 +211,7 @@ def score(records: list[dict], responses: list[dict], benchmark: str, model: str
 def generate_pair(model, tokenizer, records: list[dict], *, max_new_tokens: int, batch_size: int,
                   progress: bool = True) -> tuple[list[dict], list[dict], dict]:
     """Base (adapter off) and trained (adapter on) responses to the same prompts, in the same order
-    (hence the same batches): the pairing `evaluate.generate_both` uses, without cai's own scoring."""
+    (hence the same batches): the pairing `evaluate.generate_three` uses, without cai's own scoring."""
     from .adapters import adapter_disabled
     from .generate import generate
     prompts = [r["prompt"] for r in records]

@@ -296,7 +296,8 @@ def _train_seconds(s: Shape, cfg: dict, seq_tokens: int, backend: str) -> dict:
     precompute = cfg.get("precompute_ref_log_probs", True)
     # a small model's step is bound by overhead, not FLOPs: never below the measured floor
     micro = max(TRAIN_MICRO_FLOOR_S, tokens * s.matmul_params * (k + (0 if precompute else 2)) / (PEAK_FLOPS * MFU))
-    ref = max(REF_BATCH_FLOOR_S * math.ceil(pairs / b),
+    ref_b = int(cfg.get("ref_batch_size", 0) or 0) or b
+    ref = max(REF_BATCH_FLOOR_S * math.ceil(pairs / ref_b),
               2 * pairs * seq_tokens * s.matmul_params * 2 / (PEAK_FLOPS * MFU)) if precompute else 0.0
     compile_s = UNSLOTH_COMPILE_S if backend == "unsloth" and cfg.get("unsloth_compile") else 0.0
     overhead = _process_s(s, cfg)

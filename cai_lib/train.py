@@ -212,6 +212,7 @@ def _dpo_config(run: TrainSession, *, cuda: bool, progress: bool):
         loss_weights=list(cfg.loss_weights),
         max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        precompute_ref_batch_size=cfg.ref_batch_size or None,  # None: TRL's default, the training batch
         gradient_checkpointing=bool(cfg.gradient_checkpointing and backend != "unsloth"),
         bf16=use_bf16,
         fp16=False,

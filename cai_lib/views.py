@@ -150,12 +150,14 @@ def time_text(tim: dict, compiled: bool | None = None) -> str:
              f"trained {tim.get('trained_seconds')} s ({tim.get('trained_new_tokens')} new tokens)"]
     if "base_fewshot_seconds" in tim:
         parts.append(f"base few-shot {tim['base_fewshot_seconds']} s")
+    if "merge_seconds" in tim:
+        parts.append(f"adapter merge {tim['merge_seconds']} s")
     if "certificate_seconds" in tim:
         parts.append(f"certificate {tim['certificate_seconds']} s")
     if "load_seconds" in tim:
         parts.append(f"model load {tim['load_seconds']} s")
     text = ", ".join(parts)
-    if compiled:  # the first call at each shape compiles; the trained arm's adapter is its own graph
+    if compiled:  # the first call at each shape compiles; an unmerged adapter is its own graph
         text += " — each first call at a new shape includes compiling the decoding step"
     return text
 
@@ -169,6 +171,9 @@ def decoding_table(summary: dict):
     for k in ("cache", "cache_implementation", "quantization"):
         if k in d:
             rows.append({"setting": k, "value": d[k]})
+    tw = summary.get("trained_weights") or {}
+    if tw:
+        rows.append({"setting": "trained arm's adapter", "value": f"{tw.get('adapter')} ({tw.get('why')})"})
     cert = summary.get("certificate") or {}
     if cert:
         rates = ", ".join(f"{f} {cert['batch1'][f]:.2f} vs {cert['batched'][f]:.2f}" for f in ("strict", "loose", "form"))

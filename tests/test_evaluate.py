@@ -65,7 +65,9 @@ def test_adapter_toggle_gives_fresh_base_outputs_and_same_prompts(tiny_tok):
                             LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
     torch.manual_seed(1)
     cfg = RunConfig(eval_max_new_tokens=6, gen_batch_size=2)
-    base, trained, timing = evaluate.generate_both(policy, tiny_tok, ITEMS, cfg, progress=False)
+    base, _fewshot, trained, timing, trained_model = evaluate.generate_three(policy, tiny_tok, ITEMS, cfg,
+                                                                             progress=False)
+    assert trained_model is policy  # unmerged: the trained arm is the same object with the adapter on
     reference = generate(fresh, tiny_tok, [it["instruction"] for it in ITEMS], max_new_tokens=6, batch_size=2,
                          progress=False)
     assert [r["response"] for r in base] == [r["response"] for r in reference]
@@ -114,7 +116,7 @@ def test_three_arms_pair_the_same_items_in_the_same_order(tiny_tok):
     fresh = tiny_model(tiny_tok, seed=0)
     policy = _policy(tiny_tok)
     cfg = RunConfig(eval_max_new_tokens=6, gen_batch_size=2, n_fewshot=2)
-    base, fewshot, trained, timing = evaluate.generate_three(policy, tiny_tok, ITEMS, cfg, progress=False)
+    base, fewshot, trained, timing, _ = evaluate.generate_three(policy, tiny_tok, ITEMS, cfg, progress=False)
     assert [r["id"] for r in base] == [r["id"] for r in fewshot] == [r["id"] for r in trained] == \
         [it["id"] for it in ITEMS]
     assert [r["instruction"] for r in fewshot] == [it["instruction"] for it in ITEMS]  # raw instruction kept
@@ -227,7 +229,9 @@ def test_cai_eval_output_folder_refuses_an_earlier_fewshot_file(tmp_path):
         evaluate.check_output_dir(out, tmp_path / "run")
 
 
-def test_stage03_certificate_and_the_profiles_cache_reach_every_generation(tmp_path, tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("adapter", ["unmerged", "merged"])
+def test_stage03_certificate_and_the_profiles_cache_reach_every_generation(tmp_path, tiny_model_dir, monkeypatch,
+                                                                          adapter):
     """Issue 13: gen_cache is honoured by all three arms and the certificate; the certificate
     (batched vs batch-1 on the sample, strings and rates) is in the summary, and the verdict
     box's warning appears only when batching changed more than the limit."""
@@ -238,13 +242,21 @@ def test_stage03_certificate_and_the_profiles_cache_reach_every_generation(tmp_p
 
     def recording(*a, **kw):
         seen.append((kw.get("desc"), kw.get("cache"), kw.get("batch_size")))
+        merged_into.append(bool(getattr(a[0], "cai_merged_adapter", None)))
         return real(*a, **kw)
+
+    merged_into = []
 
     monkeypatch.setattr(gen, "generate", recording)
     cfg = RunConfig(model=str(tiny_model_dir), eval_max_new_tokens=4, gen_batch_size=2, determinism_sample=2,
-                    n_bootstrap=100, n_fewshot=2, gen_cache="dynamic")
+                    n_bootstrap=100, n_fewshot=2, gen_cache="dynamic", eval_adapter=adapter)
     summary = evaluate.run_evaluation(cfg, paths, progress=False)
     descs = [d for d, _, _ in seen]
+    assert summary["trained_weights"]["adapter"] == adapter
+    assert f"{adapter} (requested)" in views.decoding_table(summary).to_string()
+    # merged: the trained arm and the certificate decode the merged weights, the base arms never do
+    trained_side = [d in ("trained", "certificate: batched", "certificate: batch 1") for d in descs]
+    assert merged_into == [adapter == "merged" and t for t in trained_side]
     assert {"base", "trained", "base few-shot", "certificate: batched", "certificate: batch 1"} <= set(descs)
     assert all(c == "dynamic" for _, c, _ in seen), seen
     cert = summary["certificate"]
@@ -265,3 +277,90 @@ def test_stage03_certificate_and_the_profiles_cache_reach_every_generation(tmp_p
     flagged = {**cert, "identical": 1, "flagged": True}
     (w,) = views.certificate_warnings(flagged, "stage 03")
     assert "differ on 1/2 sampled eval items" in w and "strict" in w
+
+
+# ---- the merged adapter (issue 13: the trained arm decodes through the base model's graph) -----
+
+def _saved_adapter(tmp_path, tiny_tok):
+    """A plain tiny base, and a folder holding a LoRA adapter with non-zero weights for it."""
+    from tiny import tiny_model
+    policy = get_peft_model(tiny_model(tiny_tok, seed=0),
+                            LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    policy.save_pretrained(tmp_path / "adapter")
+    return tiny_model(tiny_tok, seed=0), tmp_path / "adapter"
+
+
+def test_merged_adapter_runs_base_arms_first_then_trained_on_the_merged_weights(tmp_path, tiny_tok):
+    from tiny import tiny_model
+
+    from cai_lib import adapters
+    base_model, adapter_dir = _saved_adapter(tmp_path, tiny_tok)
+    before = {k: v.clone() for k, v in base_model.state_dict().items()}
+    cfg = RunConfig(eval_max_new_tokens=6, gen_batch_size=2, n_fewshot=2)
+    seen = []  # the weights each arm decoded with, as a checksum of the first projection
+
+    def spy(model, tok, prompts, **kw):
+        w = next(p for n, p in model.named_parameters() if n.endswith("q_proj.weight") or "q_proj.base_layer" in n)
+        seen.append((kw["desc"], float(w.detach().double().sum())))
+        return generate(model, tok, prompts, **kw)
+
+    arms = evaluate.generate_three(base_model, tiny_tok, ITEMS, cfg, progress=False, generate_fn=spy,
+                                   merge_from=adapter_dir)
+    assert [d for d, _ in seen] == ["base", "base few-shot", "trained"]  # base arms first
+    assert seen[0][1] == seen[1][1] != seen[2][1]  # the base arms saw unmerged weights, trained the merged ones
+    assert "merge_seconds" in arms.timing
+    # the base arms equal a fresh base model's output; the trained arm equals PEFT's own merge
+    fresh = tiny_model(tiny_tok, seed=0)
+    prompts = [it["instruction"] for it in ITEMS]
+    ref_base = generate(fresh, tiny_tok, prompts, max_new_tokens=6, batch_size=2, progress=False)
+    assert [r["response"] for r in arms.base] == [r["response"] for r in ref_base]
+    ref_merged = adapters.load_adapter(tiny_model(tiny_tok, seed=0), adapter_dir, merge=True)
+    ref_trained = generate(ref_merged, tiny_tok, prompts, max_new_tokens=6, batch_size=2, progress=False)
+    assert [r["response"] for r in arms.trained] == [r["response"] for r in ref_trained]
+    assert [r["response"] for r in arms.trained] != [r["response"] for r in arms.base]
+    # the returned model carries the merge; its weights are no longer the base weights
+    assert getattr(arms.trained_model, adapters.MERGED_FLAG)
+    after = arms.trained_model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
+
+
+def test_base_view_refuses_merged_weights(tmp_path, tiny_tok):
+    from cai_lib import adapters
+    base_model, adapter_dir = _saved_adapter(tmp_path, tiny_tok)
+    with adapters.base_view(base_model) as m:  # a plain, never-merged model is the base
+        assert m is base_model
+    merged = adapters.load_adapter(base_model, adapter_dir, merge=True)
+    with pytest.raises(CaiError, match="merged into these weights"):
+        with adapters.base_view(merged):
+            pass
+    cfg = RunConfig(eval_max_new_tokens=4, gen_batch_size=2, n_fewshot=2)
+    with pytest.raises(CaiError, match="merged into these weights"):  # generate_three on merged weights
+        evaluate.generate_three(merged, tiny_tok, ITEMS, cfg, progress=False)
+
+
+class _Dev:
+    def __init__(self, kind):
+        self.type = kind
+
+
+class _FakeModel:
+    def __init__(self, device="cuda", four_bit=False):
+        self.device = _Dev(device)
+        self.is_loaded_in_4bit = four_bit
+
+
+@pytest.mark.parametrize("want,model,expect", [
+    ("auto", _FakeModel("cuda"), "merged"),
+    ("auto", _FakeModel("cuda", four_bit=True), "unmerged"),
+    ("auto", _FakeModel("cpu"), "unmerged"),
+    ("unmerged", _FakeModel("cuda"), "unmerged"),
+    ("merged", _FakeModel("cpu"), "merged"),
+])
+def test_adapter_plan(want, model, expect):
+    plan = evaluate.adapter_plan(RunConfig(eval_adapter=want), model)
+    assert plan["adapter"] == expect and plan["why"]
+
+
+def test_adapter_plan_refuses_merging_quantized_weights():
+    with pytest.raises(CaiError, match="eval_adapter: merged needs unquantized"):
+        evaluate.adapter_plan(RunConfig(eval_adapter="merged"), _FakeModel("cuda", four_bit=True))

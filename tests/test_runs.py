@@ -237,3 +237,20 @@ def test_dry_run_of_stage_03_is_not_recorded_as_done(tmp_path):
     stages.finish(run_dir, "03", cfg, status="dry_run")
     with pytest.raises(CaiError, match="stage 03 did not finish \\(status 'dry_run'"):
         stages.begin(run_dir, "04", cfg)
+
+
+def test_stage_kernels_share_a_compile_cache_next_to_the_runs(tmp_path, monkeypatch):
+    """torch's compile caches live under $CAI_BASE_DIR (kept with the runs), unless the user set them."""
+    import os
+
+    from cai_lib import driver
+    monkeypatch.setenv("CAI_BASE_DIR", str(tmp_path))
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.setenv(var, "placeholder")  # recorded, so the test leaves the environment as it was
+        monkeypatch.delenv(var)
+    driver.use_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "torch-compile" / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "cache" / "torch-compile" / "triton")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
+    driver.use_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"  # a user's own setting wins

@@ -279,3 +279,15 @@ def test_gpu_backends_train_and_record(tiny_model_dir, run_dir, backend, quant):
     assert all(x["loss"] == x["loss"] for x in read_json(run_dir / "results" / "training_log.json")["steps"])
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
     assert loaded.tokenizer.padding_side == "left"  # restored for generation
+
+
+@pytest.mark.parametrize("ref_batch, expect", [(0, None), (64, 64)])
+def test_reference_pass_batch_reaches_trl(tmp_path, ref_batch, expect):
+    """ref_batch_size sets TRL's precompute_ref_batch_size (0 leaves TRL's default: the training batch)."""
+    from types import SimpleNamespace
+    run = SimpleNamespace(cfg=RunConfig(per_device_batch_size=8, ref_batch_size=ref_batch), backend="transformers",
+                          loaded=SimpleNamespace(model=SimpleNamespace(dtype=torch.float32)),
+                          paths=SimpleNamespace(checkpoints=tmp_path / "ck", root=tmp_path))
+    args = train._dpo_config(run, cuda=False, progress=False)
+    assert args.precompute_ref_batch_size == expect
+    assert args.per_device_train_batch_size == 8

@@ -1,5 +1,6 @@
 """Stage 03 · evaluate: base raw, base with its few-shot prompt, and trained raw, on the
-same held-out instructions in identical batches (one copy of the weights, adapter toggled).
+same held-out instructions in identical batches (one copy of the weights; the adapter is
+attached unmerged or merged after the base arms, evaluate.adapter_plan).
 
 Writes results/eval_base.jsonl, eval_fewshot.jsonl, eval_trained.jsonl and
 eval_summary.json (`cai_lib.evaluate.run_evaluation`); records decoding, timing, the
@@ -11,7 +12,7 @@ from __future__ import annotations
 from .records import StageResult, begin, finish
 from ..runs import run_paths
 
-RECORDED = ("n_items", "backend", "decoding", "timing", "determinism", "guard", "memory_start", "memory_end",
+RECORDED = ("n_items", "backend", "decoding", "trained_weights", "timing", "determinism", "guard", "memory_start", "memory_end",
             "dry_run")
 
 

@@ -19,6 +19,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # stop inside the 10-minute call limit so the reports/log still get copied; the next call resumes
 timeout ${CAI_TIMEOUT:-540} python3 -m cai_lib.cli run --profile gpu-small --run-id "$RUN_ID" ${STAGES:+--stages $STAGES} "${SET_ARGS[@]}" 2>&1 | tee "$OUT/cai_run.log"
 rc=${PIPESTATUS[0]}
+python3 - "$CAI_BASE_DIR/runs/$RUN_ID/manifest.json" <<'PY' | tee -a "$OUT/cai_run.log"
+import json, sys
+st = json.load(open(sys.argv[1]))["stages"]
+secs = {k: v.get("seconds") for k, v in sorted(st.items())}
+print("stage seconds:", secs, "total", round(sum(v or 0 for v in secs.values()), 1))
+print("timing 00:", st.get("00", {}).get("timing"), "\ntiming 03:", st.get("03", {}).get("timing"))
+PY
 cp "$CAI_BASE_DIR"/reports/"$RUN_ID"/*.html "$OUT"/ 2>/dev/null
 cp "$CAI_BASE_DIR"/runs/"$RUN_ID"/manifest.json "$OUT"/ 2>/dev/null
 ls -la "$OUT"
