@@ -80,21 +80,20 @@ def load(args, quantization: str):
     return loaded.model, loaded.tokenizer, args.model
 
 
-def measure(model, tok, prompts, *, cache: str, batch_size: int, max_new_tokens: int,
-            compile_backend: str | None = None) -> dict:
+def measure(model, tok, prompts, *, cache: str, batch_size: int, max_new_tokens: int) -> dict:
     from cai_lib.generate import generate
 
     _sync()
     t0 = time.perf_counter()
     generate(model, tok, prompts[:batch_size], max_new_tokens=max_new_tokens, batch_size=batch_size,
-             progress=False, cache=cache, compile_backend=compile_backend)
+             progress=False, cache=cache)
     _sync()
     first = time.perf_counter() - t0
     info: dict = {}
     _sync()
     t0, c0 = time.perf_counter(), time.process_time()
     recs = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    progress=False, cache=cache, info=info, compile_backend=compile_backend)
+                    progress=False, cache=cache, info=info)
     _sync()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     # CPU seconds too: on a shared CPU machine wall time includes waiting for other processes
@@ -103,7 +102,6 @@ def measure(model, tok, prompts, *, cache: str, batch_size: int, max_new_tokens:
             "new_tokens": info["new_tokens"], "tokens_per_s": info["new_tokens"] / wall,
             "row_tokens_per_s": info["row_steps"] / wall, "row_step_use": info["row_step_use"],
             "cache": info["cache"], "compiled": info["compiled"], "fallback": info["fallback"],
-            "compile_backend": info["compile_backend"],
             "shapes": info["shapes"],
             "finish_reasons": {r: sum(x["finish_reason"] == r for x in recs) for r in ("eos", "length", "stop")},
             "responses": [r["response"] for r in recs]}
@@ -125,7 +123,6 @@ def main(argv=None) -> int:
     p.add_argument("--cert-caches", default="dynamic,static", help="cache kinds that get a certificate")
     p.add_argument("--cert-batch", type=int, default=0, help="certificate batch size (0 = the largest measured)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave)")
-    p.add_argument("--compile-backend", default=None, help="static cache's torch.compile backend (kv_cache.COMPILE_BACKENDS)")
     p.add_argument("--lora", type=int, default=0, help="wrap the model in a LoRA adapter of this rank (all-linear), "
                    "as stage 03 decodes the trained arm (0 = none)")
     a = p.parse_args(argv)
@@ -151,7 +148,7 @@ def main(argv=None) -> int:
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     res = {"env": env, "model": a.shape or a.model, "max_new_tokens": a.max_new_tokens, "lora": a.lora,
-           "compile_backend": a.compile_backend, "runs": [], "certificates": []}
+           "runs": [], "certificates": []}
     for q in a.quantizations.split(","):
         model, tok, desc = load(a, q)
         if a.lora:
@@ -162,8 +159,7 @@ def main(argv=None) -> int:
         for cache in a.caches.split(","):
             for bs in sizes:
                 ps = prompts[: a.n1] if bs == 1 else prompts[: max(a.n, bs)]
-                r = measure(model, tok, ps, cache=cache, batch_size=bs, max_new_tokens=a.max_new_tokens,
-                            compile_backend=a.compile_backend)
+                r = measure(model, tok, ps, cache=cache, batch_size=bs, max_new_tokens=a.max_new_tokens)
                 r.update(quantization=q)
                 res["runs"].append(r)
                 save(a.json, res)  # after every measurement: a call cut by its time limit keeps what ran
@@ -175,7 +171,7 @@ def main(argv=None) -> int:
                 cb = a.cert_batch or max(sizes, default=16)
                 t0 = time.perf_counter()
                 c = comparability_certificate(model, tok, items[: a.cert_sample], max_new_tokens=a.max_new_tokens,
-                                              batch_size=cb, cache=cache, compile_backend=a.compile_backend)
+                                              batch_size=cb, cache=cache)
                 c.update(quantization=q, seconds=round(time.perf_counter() - t0, 1))
                 res["certificates"].append(c)
                 print(f"  certificate {q} {cache} batch {cb} vs 1: identical {c['identical']}/{c['n']}, "

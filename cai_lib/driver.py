@@ -170,7 +170,7 @@ def use_compile_cache() -> None:
 
     Each stage is its own kernel and compiles the static cache's decoding step again; with the
     caches warm that took 15.4 + 5.5 s instead of 52.9 + 26.0 s cold (H200, Gemma 3 270M shape,
-    batch 64 then 1; benchmarks/results/decoding_h200/compilebk_*.json). torch's default
+    batch 64 then 1; benchmarks/results/decoding_h200/compilebk_inductor_*.json). torch's default
     location is /tmp, which a rented pod loses on restart; $CAI_BASE_DIR is the volume that
     keeps the runs, so only the first run on a volume compiles cold."""
     root = compile_cache_dir()

@@ -23,7 +23,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from . import guard, scoring
 from .errors import CaiError
 # re-exported: callers and tests use them as generate.<name>
-from .kv_cache import (CPU_MEASURE, DEFAULT_COMPILE_BACKEND, MIN_CACHE_LEN, compile_config, STATIC_MIN_STEPS, _base_model, _device_type,  # noqa: F401
+from .kv_cache import (CPU_MEASURE, MIN_CACHE_LEN, STATIC_MIN_STEPS, _base_model, _device_type,  # noqa: F401
                        _record_compiled, batch_bucket, cache_bucket, compiles_decoding, pick_cache, static_plan)
 from .prompts import cut_at_stop
 
@@ -90,8 +90,7 @@ def left_pad(model, rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tens
 
 
 def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: int, stop, eos, pad,
-               cache: str = "dynamic", pad_rows_to: int | None = None, stats: dict | None = None,
-               compile_backend: str | None = None) -> list[dict]:
+               cache: str = "dynamic", pad_rows_to: int | None = None, stats: dict | None = None) -> list[dict]:
     n_real = len(batch_ids)
     # Padding rows copy the last real row: they finish when it does, so they never add steps.
     rows = list(batch_ids) + [batch_ids[-1]] * max(0, (pad_rows_to or n_real) - n_real)
@@ -102,9 +101,6 @@ def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: 
         # the length transformers will use: this batch's bucket or the model's longer cache
         cache_len, _ = static_plan(model, len(rows), width, max_new_tokens)
         cache_kw = {"cache_implementation": "static", "max_cache_len": cache_len}
-        cc = compile_config(compile_backend)
-        if cc is not None and compiles_decoding(model):  # elsewhere transformers warns and ignores it
-            cache_kw["compile_config"] = cc
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
         eos_token_id=eos or None, pad_token_id=pad, **cache_kw,
@@ -151,7 +147,7 @@ def _first_line(exc: BaseException) -> str:
 
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 8,
              stop: list[str] | None = None, progress: bool = True, desc: str = "generate",
-             cache: str = "auto", info: dict | None = None, compile_backend: str | None = None) -> list[dict]:
+             cache: str = "auto", info: dict | None = None) -> list[dict]:
     """Greedy continuations of `prompts`, in input order.
 
     Each record: {response, finish_reason (eos|length|stop), prompt_tokens, new_tokens, seconds}.
@@ -199,7 +195,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
                 recs = _run_batch(model, tokenizer, [encoded[i] for i in idx],
                                   max_new_tokens=max_new_tokens, stop=stop, eos=eos, pad=pad, cache=kind,
                                   pad_rows_to=batch_bucket(len(idx), bs) if kind == "static" else None,
-                                  stats=stats, compile_backend=compile_backend)
+                                  stats=stats)
             except torch.cuda.OutOfMemoryError:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -234,7 +230,6 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
         kept = sum(r["new_tokens"] for r in results)  # type: ignore[index]
         info.update({"cache": kind, "cache_reason": why, "fallback": fallback,
                      "compiled": kind == "static" and compiles_decoding(model),
-                     "compile_backend": (compile_backend or DEFAULT_COMPILE_BACKEND) if kind == "static" else None,
                      "shapes": sorted(stats["shapes"]), "batch_size": bs, "padded_rows": stats["padded_rows"],
                      "steps": stats["steps"], "row_steps": stats["row_steps"], "new_tokens": kept,
                      "row_step_use": kept / stats["row_steps"] if stats["row_steps"] else float("nan")})
@@ -275,8 +270,7 @@ RATE_FIELDS = ("strict", "loose", "form")
 
 
 def comparability_certificate(model, tokenizer, items: Sequence[dict], *, max_new_tokens: int, batch_size: int,
-                              cache: str = "auto", sample: int | None = None, progress: bool = False,
-                              compile_backend: str | None = None) -> dict:
+                              cache: str = "auto", sample: int | None = None, progress: bool = False) -> dict:
     """Batched fast-path decoding against batch-1 decoding on a sample of eval items.
 
     Same weights, same cache kind, same prompts: the only difference is the batch. Returns
@@ -295,11 +289,9 @@ def comparability_certificate(model, tokenizer, items: Sequence[dict], *, max_ne
     info_b: dict = {}
     info_1: dict = {}
     batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       progress=progress, desc="certificate: batched", cache=cache, info=info_b,
-                       compile_backend=compile_backend)
+                       progress=progress, desc="certificate: batched", cache=cache, info=info_b)
     single = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=1,
-                      progress=progress, desc="certificate: batch 1", cache=info_b["cache"], info=info_1,
-                      compile_backend=compile_backend)
+                      progress=progress, desc="certificate: batch 1", cache=info_b["cache"], info=info_1)
     sb = scoring.score_records([{**it, **o} for it, o in zip(items, batched)], "certificate batched")
     s1 = scoring.score_records([{**it, **o} for it, o in zip(items, single)], "certificate batch-1")
     rb, r1 = scoring.summarize(sb, by=()), scoring.summarize(s1, by=())

@@ -71,30 +71,6 @@ def compiles_decoding(model) -> bool:
     return quantizer is None or bool(getattr(quantizer, "is_compileable", False))
 
 
-# How transformers compiles a static cache's decoding step (the torch.compile backend):
-# - "inductor": transformers' default (CompileConfig: inductor, mode "reduce-overhead" = fused
-#   Triton kernels inside CUDA graphs). Cold compilation costs tens of seconds per shape.
-# - "cudagraphs": torch's CUDA-graph backend without inductor: the model's own kernels, captured
-#   once per shape and replayed, so the per-kernel launch overhead that bounds a small model's
-#   step is gone without generating or compiling any Triton code.
-COMPILE_BACKENDS = ("inductor", "cudagraphs")
-DEFAULT_COMPILE_BACKEND = "inductor"
-
-
-def compile_config(backend: str | None):
-    """The transformers CompileConfig for a static-cache call (None = transformers' default)."""
-    backend = backend or DEFAULT_COMPILE_BACKEND
-    if backend not in COMPILE_BACKENDS:
-        raise CaiError(f"unknown compile backend {backend!r}; use one of {', '.join(COMPILE_BACKENDS)}")
-    if backend == "inductor":
-        return None
-    from transformers import CompileConfig
-
-    # mode "default": a non-inductor backend takes no mode argument; dynamic=False keeps one
-    # plain graph per shape (a re-trace costs seconds here, not a Triton compilation)
-    return CompileConfig(backend=backend, mode="default", dynamic=False, fullgraph=False)
-
-
 # Decoding steps one compiled shape must save before its compilation has paid for itself.
 # H200, Gemma 3 270M bf16, transformers 5.17, torch 2.11 (benchmarks/results/decoding_h200/,
 # 2026-12-04): the first static call at batch 64 took 34.7 s cold (9.1 s in a fresh process with

@@ -14,10 +14,10 @@
 #   dpo270m DPO step at the embedded model's shape (gemma270m, seq 128, batch 8, no checkpointing,
 #           as gpu-small trains): Unsloth 4-bit vs TRL+PEFT on bnb 4-bit vs TRL+PEFT bf16 LoRA,
 #           each with and without precomputed reference log-probs
-#   compilebk  the static cache's compile backend (issue 13): per backend, the pipeline's shape order
-#           (batch 64, then 1) in a cold process (fresh compile caches), again in a new process
-#           (warm caches: what a later stage pays), then with a LoRA adapter (stage 03's trained arm);
-#           random-weight gemma270m shape, needs no wheels or model parts
+#   compilecache  torch's compile cache across stage processes (issue 13): the pipeline's shape order
+#           (batch 64, then 1) in a cold process (fresh caches), again in a new process (warm caches:
+#           what a later stage pays), then with a LoRA adapter attached unmerged (what stage 03's
+#           trained arm paid before eval_adapter merged it); random-weight gemma270m shape, no wheels
 set -o pipefail
 source scripts/device/env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -108,20 +108,16 @@ PY
         --grad-ckpt 0 --steps ${STEPS:-20} --warmup 3 --json "$OUT/bench_dpo_270m.json" > "$OUT/dpo270m.log" 2>&1
       tail -12 "$OUT/dpo270m.log"
       ;;
-    compilebk)
-      for b in ${BACKENDS:-cudagraphs inductor}; do
-        export TORCHINDUCTOR_CACHE_DIR=/tmp/compilebk/$b/inductor TRITON_CACHE_DIR=/tmp/compilebk/$b/triton
-        rm -rf /tmp/compilebk/$b
-        for run in ${RUNS:-A_cold B_warm L_lora}; do
-          extra=""; caches=static
-          [ "$run" = L_lora ] && extra="--lora 16"
-          [ "$run" = A_cold ] && [ "$b" = "${DYN_WITH:-cudagraphs}" ] && caches=dynamic,static
-          t0=$(date +%s.%N)
-          timeout ${TBK:-240} python3 benchmarks/bench_decoding.py --json "$OUT/compilebk_${b}_$run.json" --shape gemma270m \
-            --models $M --quantizations none --caches $caches --batch-sizes 64,1 --n 128 --n1 8 --cert-sample 0 \
-            --compile-backend $b $extra 2>&1 | grep -v -i warn | tail -4 | tee -a "$OUT/compilebk.log"
-          echo "$b $run process_wall_s=$(python3 -c "import time; print(round(time.time() - $t0, 1))")" | tee -a "$OUT/compilebk.log"
-        done
+    compilecache)
+      export TORCHINDUCTOR_CACHE_DIR=/tmp/compilecache/inductor TRITON_CACHE_DIR=/tmp/compilecache/triton
+      rm -rf /tmp/compilecache
+      for run in ${RUNS:-A_cold B_warm L_lora}; do
+        extra=""; [ "$run" = L_lora ] && extra="--lora 16"
+        t0=$(date +%s.%N)
+        timeout ${TBK:-240} python3 benchmarks/bench_decoding.py --json "$OUT/compilecache_$run.json" --shape gemma270m \
+          --models $M --quantizations none --caches static --batch-sizes 64,1 --n 128 --n1 8 --cert-sample 0 \
+          $extra 2>&1 | grep -v -i warn | tail -4 | tee -a "$OUT/compilecache.log"
+        echo "$run process_wall_s=$(python3 -c "import time; print(round(time.time() - $t0, 1))")" | tee -a "$OUT/compilecache.log"
       done
       ;;
     gputest)
