@@ -59,16 +59,18 @@ Time (upper bounds: every generation runs to its max_new_tokens, every pair is k
     a generation stage = batches * (prefill + new_tokens * decode_step), + batch-1 determinism runs,
                    + the stage process (STAGE_PROCESS_S 30 s + weights / LOAD_BW 0.5 GB/s)
                    + compiling a static cache's step, cold, per graph: 60.4 s (batch) + 20.4 s (batch 1);
-                   stage 03 has two graphs (adapter off, on). H200, 270M; warm later stages pay ~20 s.
+                   stage 03 has one graph with the adapter merged (eval_adapter), two unmerged
+                   (adapter off, on). H200, 270M; warm later stages pay ~20 s.
     DPO micro-step = S*T * N_mm * K / (PEAK * MFU), N_mm = P_lin + V*h (lm_head matmul),
                    K = 6 with gradient checkpointing (fwd 2 + bwd to activations 2 + recompute 2),
                    4 without; reference log-probs: 2*N_mm per token once (precompute) or per step;
                    PEAK 989e12 FLOP/s (H100 SXM dense bf16), MFU 0.25 (7B Unsloth: 25.5-26.9%)
     optimizer steps = ceil(pairs / (batch * accumulation)) * epochs, pairs <= n_train_items
-    floors for small models (overhead-bound): a micro-step >= 0.30 s, precomputed reference
+    floors for small models (overhead-bound): a micro-step >= 0.35 s, precomputed reference
                    log-probs >= 0.20 s per batch (gpu-small, 270M, H200: 0.24 s per step, 11 s for
                    69 batches); the training stage adds the same process + load cost
-    The result for gpu-small on an H200 (2026-12-04): 368 s measured, this model ~9 min.
+    The result for gpu-small on an H200 (2026-12-04): 368 s measured, this model ~9 min; with the
+    adapter merged for stage 03 (one compiled graph there), 339 s measured cold, ~8 min estimated.
 
 Calibration (measured peaks, benchmarks in reports/benchmarks.md; tests/test_preflight.py
 checks every one is within 15%): Qwen2.5-7B DPO step Unsloth 7.04 GiB, Qwen2.5-1.5B 1.97 GiB
@@ -112,7 +114,9 @@ UNSLOTH_COMPILE_S = 45.0  # first-step compilation seen at 7B (42 s); a fixed co
 STAGE_PROCESS_S = 30.0  # notebook kernel, imports, HTML render: gpu-small stage 04 took 8 s, stage 02 27 s beyond training
 LOAD_BW = 0.5e9  # bytes/s loading weights: the 32B shape's 17.9 GiB nf4 loaded in 21-33 s (0.6-0.9 GB/s)
 COMPILE_SHAPE_S = (60.4, 20.4)  # a compiled static cache, cold: first shape (batch), second (batch 1), H200
-TRAIN_MICRO_FLOOR_S = 0.30  # per micro-step: gpu-small's 270M bf16 LoRA averaged 0.24 s (8 pairs, logging, saves)
+# per micro-step: gpu-small's 270M bf16 LoRA averaged 0.24-0.32 s in three H200 runs (8 pairs,
+# logging, saves; 0.32 s = 67.1 s of TRL runtime for 207 steps, the slowest)
+TRAIN_MICRO_FLOOR_S = 0.35
 REF_BATCH_FLOOR_S = 0.20  # per batch of precomputed reference log-probs: 545 pairs / 8 in 11 s there
 
 # Prompt lengths in tokens, measured on the package's own frames with the Qwen-like byte BPE
@@ -280,6 +284,15 @@ def _compile_s(cfg: dict, graphs: int) -> float:
     return graphs * sum(COMPILE_SHAPE_S) if cfg.get("static_cache") and cfg.get("quantization", "none") == "none" else 0.0
 
 
+def _eval_graphs(gcfg: dict) -> int:
+    """Compiled graphs stage 03 decodes with: one when the adapter is merged into the weights
+    after the base arms (evaluate.adapter_plan: auto merges unquantized weights on a GPU), two
+    when it stays unmerged (adapter off, adapter on)."""
+    mode = gcfg.get("eval_adapter", "auto")
+    merged = mode == "merged" or (mode == "auto" and gcfg.get("quantization", "none") == "none")
+    return 1 if merged else 2
+
+
 def _process_s(s: Shape, cfg: dict) -> float:
     """A stage process's fixed cost: kernel, imports, HTML, and reading the weights once."""
     return STAGE_PROCESS_S + weights_bytes(s, cfg) / LOAD_BW
@@ -368,8 +381,7 @@ def estimate(model_config: dict, cfg_values: dict, *, seq_tokens: int | None = N
             "work_s": _gen_seconds(s, gcfg, p["prompts"], p["batch"], p["prompt"], p["new"], p["determinism"],
                                    p["passes"], p["extra"]),
             "overhead_s": _process_s(s, gcfg),
-            # stage 03 decodes with the adapter off and on: two compiled graphs
-            "compile_s": _compile_s(gcfg, 2 if p["lora"] else 1),
+            "compile_s": _compile_s(gcfg, _eval_graphs(gcfg) if p["lora"] else 1),
             "decode_step_s": decode_step_s(s, gcfg, p["batch"]), "quantization": gcfg["quantization"],
             "static_cache": gcfg["static_cache"], "batch_key": "gen_batch_size", "length_key": p["new_key"],
             "per_batch_bytes": sum(v for k, v in parts.items() if k in ("kv_cache", "prefill", "decode_logits")) / p["batch"],

@@ -109,15 +109,19 @@ PY
       tail -12 "$OUT/dpo270m.log"
       ;;
     compilecache)
-      export TORCHINDUCTOR_CACHE_DIR=/tmp/compilecache/inductor TRITON_CACHE_DIR=/tmp/compilecache/triton
-      rm -rf /tmp/compilecache
+      # PRECOMPILE=1: torch's precompile cache as well (TORCH_CACHING_PRECOMPILE: dynamo's traced
+      # bytecode and guards saved too, so a warm process skips tracing); its own cache folders
+      tag=${PRECOMPILE:+_precompile}
+      [ -n "${PRECOMPILE:-}" ] && export TORCH_CACHING_PRECOMPILE=1
+      export TORCHINDUCTOR_CACHE_DIR=/tmp/compilecache$tag/inductor TRITON_CACHE_DIR=/tmp/compilecache$tag/triton
+      rm -rf /tmp/compilecache$tag
       for run in ${RUNS:-A_cold B_warm L_lora}; do
         extra=""; [ "$run" = L_lora ] && extra="--lora 16"
         t0=$(date +%s.%N)
-        timeout ${TBK:-240} python3 benchmarks/bench_decoding.py --json "$OUT/compilecache_$run.json" --shape gemma270m \
+        timeout ${TBK:-240} python3 benchmarks/bench_decoding.py --json "$OUT/compilecache${tag}_$run.json" --shape gemma270m \
           --models $M --quantizations none --caches static --batch-sizes 64,1 --n 128 --n1 8 --cert-sample 0 \
-          $extra 2>&1 | grep -v -i warn | tail -4 | tee -a "$OUT/compilecache.log"
-        echo "$run process_wall_s=$(python3 -c "import time; print(round(time.time() - $t0, 1))")" | tee -a "$OUT/compilecache.log"
+          $extra 2>&1 | grep -v -i warn | tail -4 | tee -a "$OUT/compilecache$tag.log"
+        echo "$run$tag process_wall_s=$(python3 -c "import time; print(round(time.time() - $t0, 1))")" | tee -a "$OUT/compilecache$tag.log"
       done
       ;;
     gputest)
