@@ -66,8 +66,9 @@ class RunConfig:
 
     # ---- generation (stages 00, 01, 03) ---------------------------------------------------
     gen_batch_size: int = _p(16, "generation batch (left padding); halved on CUDA OOM", kind=int, lo=1)
-    # Evaluation always uses the same weights and decoding path for base and trained (the
-    # adapter is toggled on one copy); as_train = the quantization training used.
+    # Evaluation always uses the same weights and decoding path for base and trained (one copy;
+    # the adapter toggled, or merged after the base arms: eval_adapter); as_train = the
+    # quantization training used.
     gen_quantization: str = _p("as_train", "weights for generation stages: as_train | none | 8bit | 4bit",
                                kind=str, choices=GEN_QUANTIZATIONS)
     gen_cache: str = _p("auto", "KV cache for decoding: auto picks what measured faster on this device",
