@@ -71,6 +71,43 @@ def compiles_decoding(model) -> bool:
     return quantizer is None or bool(getattr(quantizer, "is_compileable", False))
 
 
+# transformers' static cache keeps each sliding-window layer's fill level as a Python int
+# (`cumulative_length_int`, transformers 5.17 and 5.24). torch.compile first takes it as a
+# constant, so every process compiled the decoding step twice at its first shape: once with the
+# prompt length baked in, then one step later with the fill level symbolic. Marked dynamic up
+# front (torch.compiler.config.dynamic_sources) the step compiles once per shape. Measured on
+# CPU (random-weight Gemma 3 with the 270M's 18 layers, torch 2.13, transformers 5.24,
+# benchmarks/results/bench_compile_cache_cpu.json): first call at batch 16 59.4 -> 36.3 s with
+# cold caches, 14.9 -> 8.5 s warm, the same tokens. (torch's precompile cache, its local PGO
+# state and CompileConfig(dynamic=True) were tried there too and did not help.) The H200
+# figure is for the next device run; there the first compile of the run was ~53 s cold and
+# ~15 s warm per process.
+FILL_LEVEL_ATTR = "cumulative_length_int"
+CACHE_KWARGS = ("cache", "past_key_values")  # the cache's keyword argument: transformers 5.24, 5.17
+
+
+def fill_level_sources(n_layers: int) -> list[str]:
+    """dynamo's names for the fill level of every cache layer, under either keyword."""
+    return [f"L['kwargs']['{kw}'].layers[{i}].{FILL_LEVEL_ATTR}" for kw in CACHE_KWARGS for i in range(n_layers)]
+
+
+def mark_fill_level_dynamic(model) -> None:
+    """Before a compiled static-cache call: the cache's fill level is symbolic from the first
+    compile (one graph per shape, not two). Adds to torch.compiler.config.dynamic_sources,
+    keeping whatever a user put there; a no-op once done for this many layers."""
+    import torch
+
+    cfg = getattr(_base_model(model), "config", None)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n_layers = int(getattr(text, "num_hidden_layers", 0) or 0)
+    if not n_layers:
+        return
+    current = [x for x in (torch.compiler.config.dynamic_sources or "").split(",") if x]
+    missing = [x for x in fill_level_sources(n_layers) if x not in current]
+    if missing:
+        torch.compiler.config.dynamic_sources = ",".join(current + missing)
+
+
 # Decoding steps one compiled shape must save before its compilation has paid for itself.
 # H200, Gemma 3 270M bf16, transformers 5.17, torch 2.11 (benchmarks/results/decoding_h200/,
 # 2026-12-04): the first static call at batch 64 took 34.7 s cold (9.1 s in a fresh process with

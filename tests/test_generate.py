@@ -443,3 +443,76 @@ def test_cuda_static_compiles_and_matches_dynamic(tok):
     assert info["cache"] == "static" and "already compiled" in info["cache_reason"]
     assert [r["response"] for r in sta] == [r["response"] for r in dyn]  # fp32: same greedy text
 
+
+
+# ---- one compiled graph per shape: the static cache's fill level marked dynamic ------------------
+
+@pytest.fixture()
+def dynamic_sources():
+    """torch.compiler.config.dynamic_sources restored after the test (a process-wide setting;
+    pytest's monkeypatch cannot restore a torch config module's attribute)."""
+    saved = torch.compiler.config.dynamic_sources
+    yield
+    torch.compiler.config.dynamic_sources = saved
+
+
+def test_fill_level_marking_keeps_user_sources_and_is_idempotent(tok, dynamic_sources):
+    from cai_lib import kv_cache
+    torch.compiler.config.dynamic_sources = "L['x']"  # a user's own entry
+    model = tiny_model(tok, layers=3)
+    kv_cache.mark_fill_level_dynamic(model)
+    first = torch.compiler.config.dynamic_sources
+    kv_cache.mark_fill_level_dynamic(model)
+    assert torch.compiler.config.dynamic_sources == first  # nothing added twice
+    entries = first.split(",")
+    assert entries[0] == "L['x']" and entries[1:] == kv_cache.fill_level_sources(3)
+    assert "L['kwargs']['cache'].layers[2].cumulative_length_int" in entries
+
+
+def _decoding_graphs(model, tok, mark: bool) -> tuple[int, list]:
+    """Dynamo graphs traced for one static-cache generate() call, compiled on CPU as on CUDA."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig, GenerationConfig
+
+    from cai_lib import kv_cache
+    torch.compiler.config.dynamic_sources = ""
+    if mark:
+        kv_cache.mark_fill_level_dynamic(model)
+    torch._dynamo.reset()
+    counters.clear()
+    compile_cfg = CompileConfig()
+    compile_cfg._compile_all_devices = True  # transformers compiles generate() on CUDA only unless told
+    cfg = GenerationConfig(max_new_tokens=5, do_sample=False, cache_implementation="static", max_cache_len=512,
+                           compile_config=compile_cfg, eos_token_id=None, pad_token_id=tok.pad_token_id)
+    ids, attn = gen.left_pad(model, [tok.encode("one two three"), tok.encode("four five")], tok.pad_token_id)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=attn, generation_config=cfg)
+    graphs = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    return graphs, out.tolist()
+
+
+def test_fill_level_marked_dynamic_compiles_the_decoding_step_once(tok, dynamic_sources):
+    """Unmarked, dynamo traces the step with the cache's fill level as a constant and again one
+    step later with it symbolic; marked (what generate() does before a compiled static call)
+    it traces once, and decodes the same tokens. Fails if transformers renames the attribute or
+    the cache keyword, which would silently bring the second compilation back."""
+    model = tiny_model(tok, seed=0)
+    marked, out_marked = _decoding_graphs(model, tok, mark=True)
+    unmarked, out_unmarked = _decoding_graphs(model, tok, mark=False)
+    assert (marked, unmarked) == (1, 2)
+    assert out_marked == out_unmarked
+
+
+def test_generate_marks_the_fill_level_before_a_compiled_static_call(tok, dynamic_sources, monkeypatch):
+    """generate() marks it when transformers will compile (CUDA); never for the dynamic cache."""
+    from cai_lib import kv_cache
+    model = tiny_model(tok, seed=0)
+    torch.compiler.config.dynamic_sources = ""
+    gen.generate(model, tok, ["one two"], max_new_tokens=2, batch_size=1, progress=False, cache="static")
+    assert torch.compiler.config.dynamic_sources == ""  # CPU: nothing is compiled, nothing marked
+    monkeypatch.setattr(gen, "compiles_decoding", lambda m: True)  # as on CUDA
+    gen.generate(model, tok, ["one two"], max_new_tokens=2, batch_size=1, progress=False, cache="dynamic")
+    assert torch.compiler.config.dynamic_sources == ""
+    gen.generate(model, tok, ["one two"], max_new_tokens=2, batch_size=1, progress=False, cache="static")
+    assert torch.compiler.config.dynamic_sources.split(",") == kv_cache.fill_level_sources(2)
