@@ -203,7 +203,7 @@ def base_view(model):
     """The base model for the block: a PeftModel with its adapter switched off, or a plain model
     whose weights no adapter was merged into. A merged model is refused (it is the trained one)."""
     if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
+        with adapter_disabled(model):
             yield model
         return
     merged = getattr(model, MERGED_FLAG, None)

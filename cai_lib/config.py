@@ -220,6 +220,11 @@ class RunConfig:
         if self.max_prompt_length >= self.max_length:
             raise CaiError(f"{source}: max_prompt_length={self.max_prompt_length} must be below "
                            f"max_length={self.max_length} — leave room for the answer")
+        gen_quant = self.quantization if self.gen_quantization == "as_train" else self.gen_quantization
+        if self.eval_adapter == "merged" and gen_quant != "none":
+            raise CaiError(f"{source}: eval_adapter=merged needs unquantized generation weights, these are "
+                           f"{gen_quant} (merging would re-quantize them) — set gen_quantization: none, "
+                           "or eval_adapter: unmerged or auto")
 
 
 _FIELDS = {f.name: f for f in fields(RunConfig)}

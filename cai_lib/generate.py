@@ -24,8 +24,8 @@ from . import guard, scoring
 from .errors import CaiError
 # re-exported: callers and tests use them as generate.<name>
 from .kv_cache import (CPU_MEASURE, MIN_CACHE_LEN, STATIC_MIN_STEPS, _base_model, _device_type,  # noqa: F401
-                       _record_compiled, batch_bucket, cache_bucket, compiles_decoding, mark_fill_level_dynamic,
-                       pick_cache, static_plan)
+                       _record_compiled, batch_bucket, cache_bucket, compiles_decoding, pick_cache,
+                       static_generation_kwargs, static_plan)
 from .prompts import cut_at_stop
 
 # Above this share of batched outputs differing from batch-1 outputs the report flags the
@@ -101,9 +101,7 @@ def _run_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: 
     if cache == "static":
         # the length transformers will use: this batch's bucket or the model's longer cache
         cache_len, _ = static_plan(model, len(rows), width, max_new_tokens)
-        cache_kw = {"cache_implementation": "static", "max_cache_len": cache_len}
-        if compiles_decoding(model):
-            mark_fill_level_dynamic(model)
+        cache_kw = static_generation_kwargs(model, cache_len)
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
         eos_token_id=eos or None, pad_token_id=pad, **cache_kw,

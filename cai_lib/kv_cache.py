@@ -108,6 +108,14 @@ def mark_fill_level_dynamic(model) -> None:
         torch.compiler.config.dynamic_sources = ",".join(current + missing)
 
 
+def static_generation_kwargs(model, cache_len: int) -> dict:
+    """GenerationConfig keywords of a static-cache call at `cache_len` positions; when
+    transformers will compile the step, the fill level is marked dynamic first (one graph)."""
+    if compiles_decoding(model):
+        mark_fill_level_dynamic(model)
+    return {"cache_implementation": "static", "max_cache_len": cache_len}
+
+
 # Decoding steps one compiled shape must save before its compilation has paid for itself.
 # H200, Gemma 3 270M bf16, transformers 5.17, torch 2.11 (benchmarks/results/decoding_h200/,
 # 2026-12-04): the first static call at batch 64 took 34.7 s cold (9.1 s in a fresh process with

@@ -28,7 +28,7 @@ from transformers import GenerationConfig, StoppingCriteriaList
 from . import guard
 from .errors import CaiError
 from .generate import _StopStrings, _eos_ids, _pad_id, left_pad
-from .kv_cache import _record_compiled, compiles_decoding, mark_fill_level_dynamic, pick_cache, static_plan
+from .kv_cache import _record_compiled, pick_cache, static_generation_kwargs, static_plan
 from .prompts import cut_at_stop
 
 
@@ -58,9 +58,7 @@ def sample_generate(model, tokenizer, prompts: Sequence[str], *, k: int, tempera
     cache_kw = {}
     if kind == "static":
         rows += [rows[-1]] * (full_rows - n_real)
-        cache_kw = {"cache_implementation": "static", "max_cache_len": cache_len}
-        if compiles_decoding(model):
-            mark_fill_level_dynamic(model)  # one compiled graph per shape (kv_cache)
+        cache_kw = static_generation_kwargs(model, cache_len)
     input_ids, attn = left_pad(model, rows, pad)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=float(temperature), top_k=0,
                            top_p=1.0, num_beams=1, eos_token_id=eos or None, pad_token_id=pad, **cache_kw)

@@ -80,6 +80,18 @@ def test_every_bad_profile_value_is_refused_in_one_line(tmp_path, key, value, ne
     assert len(msg) < 400
 
 
+def test_merged_adapter_on_quantized_generation_weights_is_refused_before_any_model_loads(tmp_path):
+    """eval_adapter: merged with 4-bit generation weights (as_train takes training's 4-bit) is a
+    one-line refusal when the profile is read, not after stage 03 loaded the model."""
+    p = tmp_path / "bad.yaml"
+    p.write_text("quantization: 4bit\neval_adapter: merged\n")
+    with pytest.raises(CaiError) as e:
+        config.load_profile(str(p))
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and "eval_adapter" in msg and "gen_quantization: none" in msg, msg
+    RunConfig.from_mapping({"quantization": "4bit", "gen_quantization": "none", "eval_adapter": "merged"})  # fine
+
+
 def test_yaml_string_forms_of_numbers_are_read_when_unambiguous(tmp_path):
     p = tmp_path / "ok.yaml"
     p.write_text("learning_rate: 1e-4\nbeta: '0.25'\nnum_epochs: 1\nmax_length: 512\n")  # YAML reads 1e-4 as a string

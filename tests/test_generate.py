@@ -511,7 +511,7 @@ def test_generate_marks_the_fill_level_before_a_compiled_static_call(tok, dynami
     torch.compiler.config.dynamic_sources = ""
     gen.generate(model, tok, ["one two"], max_new_tokens=2, batch_size=1, progress=False, cache="static")
     assert torch.compiler.config.dynamic_sources == ""  # CPU: nothing is compiled, nothing marked
-    monkeypatch.setattr(gen, "compiles_decoding", lambda m: True)  # as on CUDA
+    monkeypatch.setattr(kv_cache, "compiles_decoding", lambda m: True)  # as on CUDA
     gen.generate(model, tok, ["one two"], max_new_tokens=2, batch_size=1, progress=False, cache="dynamic")
     assert torch.compiler.config.dynamic_sources == ""
     gen.generate(model, tok, ["one two"], max_new_tokens=2, batch_size=1, progress=False, cache="static")
