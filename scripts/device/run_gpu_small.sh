@@ -24,7 +24,9 @@ import json, sys
 st = json.load(open(sys.argv[1]))["stages"]
 secs = {k: v.get("seconds") for k, v in sorted(st.items())}
 print("stage seconds:", secs, "total", round(sum(v or 0 for v in secs.values()), 1))
-print("timing 00:", st.get("00", {}).get("timing"), "\ntiming 03:", st.get("03", {}).get("timing"))
+for k in ("00", "02", "03"):
+    print(f"timing {k}:", st.get(k, {}).get("timing"))
+print("training:", {k: st.get("02", {}).get(k) for k in ("max_steps", "train_seconds", "train_runtime_trainer")})
 PY
 cp "$CAI_BASE_DIR"/reports/"$RUN_ID"/*.html "$OUT"/ 2>/dev/null
 cp "$CAI_BASE_DIR"/runs/"$RUN_ID"/manifest.json "$OUT"/ 2>/dev/null
