@@ -58,9 +58,9 @@ Time (upper bounds: every generation runs to its max_new_tokens, every pair is k
     prefill      = 2 * N_mm * batch * prompt / (PEAK * MFU)
     a generation stage = batches * (prefill + new_tokens * decode_step), + batch-1 determinism runs,
                    + the stage process (STAGE_PROCESS_S 30 s + weights / LOAD_BW 0.5 GB/s)
-                   + compiling a static cache's step, cold, per graph: 60.4 s (batch) + 20.4 s (batch 1);
+                   + compiling a static cache's step, cold, per graph: 30 s (batch) + 20 s (batch 1);
                    stage 03 has one graph with the adapter merged (eval_adapter), two unmerged
-                   (adapter off, on). H200, 270M; warm later stages pay ~20 s.
+                   (adapter off, on). H200, 270M; warm later stages pay ~11 s.
     DPO micro-step = S*T * N_mm * K / (PEAK * MFU), N_mm = P_lin + V*h (lm_head matmul),
                    K = 6 with gradient checkpointing (fwd 2 + bwd to activations 2 + recompute 2),
                    4 without; reference log-probs: 2*N_mm per token once (precompute) or per step;
@@ -113,7 +113,9 @@ UNSLOTH_COMPILE_S = 45.0  # first-step compilation seen at 7B (42 s); a fixed co
 # model above put gpu-small at ~41 s while it took 368 s of stage time on an H200):
 STAGE_PROCESS_S = 30.0  # notebook kernel, imports, HTML render: gpu-small stage 04 took 8 s, stage 02 27 s beyond training
 LOAD_BW = 0.5e9  # bytes/s loading weights: the 32B shape's 17.9 GiB nf4 loaded in 21-33 s (0.6-0.9 GB/s)
-COMPILE_SHAPE_S = (60.4, 20.4)  # a compiled static cache, cold: first shape (batch), second (batch 1), H200
+# a compiled static cache, cold: first shape (batch), second (batch 1), H200, rounded up from
+# 26.4 + 18.2 s with the fill level marked dynamic (kv_cache; 60.4 + 20.4 s before)
+COMPILE_SHAPE_S = (30.0, 20.0)
 # per micro-step: gpu-small's 270M bf16 LoRA averaged 0.24-0.32 s in three H200 runs (8 pairs,
 # logging, saves; 0.32 s = 67.1 s of TRL runtime for 207 steps, the slowest)
 TRAIN_MICRO_FLOOR_S = 0.35
@@ -280,7 +282,7 @@ def _compile_s(cfg: dict, graphs: int) -> float:
     """Compiling a static cache's decoding step: both shapes (batch, batch 1) per graph, cold.
 
     An upper bound: a later stage of the same run finds its shapes in torch's on-disk cache
-    (14.4 + 5.5 s instead of 60.4 + 20.4, same H200) when it compiles them in the same order."""
+    (7.1 + 3.8 s instead of 26.4 + 18.2, same H200) when it compiles them in the same order."""
     return graphs * sum(COMPILE_SHAPE_S) if cfg.get("static_cache") and cfg.get("quantization", "none") == "none" else 0.0
 
 

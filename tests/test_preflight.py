@@ -243,7 +243,8 @@ def test_gpu_small_estimate_bounds_the_h200_run():
                            "manifest.json").read_text())
     measured = {k: manifest["stages"][k[:2]]["seconds"] for k in ("00_baseline", "01_generate", "02_train", "03_evaluate")}
     est = pf.estimate(GEMMA270M, {**profile("gpu-small"), **{k: manifest["config"][k] for k in (
-        "quantization", "gen_quantization", "gen_cache", "backend", "pair_strategy", "pair_sc_k")}})
+        "quantization", "gen_quantization", "gen_cache", "backend", "pair_strategy", "pair_sc_k",
+        "per_device_batch_size")}})
     for stage, secs in measured.items():
         assert secs <= est[stage]["seconds"] <= 3 * secs, (stage, secs, est[stage]["seconds"])
     total = sum(measured.values())
