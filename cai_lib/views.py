@@ -234,6 +234,18 @@ def pair_summary_table(stats: dict):
 
 # ---- 02 train -----------------------------------------------------------------------------
 
+def _train_time(summary: dict) -> str:
+    """Training seconds, with the trainer's own runtime and the stage's model load when recorded."""
+    text = f"{summary.get('train_seconds') or 0:.0f} s"
+    runtime = summary.get("train_runtime_trainer")
+    if runtime is not None:
+        text += f" (the trainer's own runtime {runtime:.1f} s)"
+    load = (summary.get("timing") or {}).get("load_seconds")
+    if load is not None:
+        text += f"; model load {load:.1f} s"
+    return text
+
+
 def train_summary_table(summary: dict):
     pairs = summary.get("pairs") or {}
     final = summary.get("final") or {}
@@ -245,7 +257,7 @@ def train_summary_table(summary: dict):
                                                    if summary.get("resumed_from") else "")},
         {"measure": "pairs used / total", "value": f"{pairs.get('used')} / {pairs.get('total')}"},
         {"measure": "tokens seen", "value": summary.get("tokens_seen")},
-        {"measure": "training time", "value": f"{summary.get('train_seconds', 0):.0f} s"},
+        {"measure": "training time", "value": _train_time(summary)},
         {"measure": "peak memory", "value": f"{peak / 2**30:.2f} GiB ({summary.get('peak_memory_kind')})"
             if peak else "—"},
         {"measure": "final loss", "value": f"{final['loss']:.3f}" if final.get("loss") is not None else "—"},

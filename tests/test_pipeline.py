@@ -68,6 +68,10 @@ def test_cai_run_end_to_end_tiny(tmp_path, tiny_model_dir, capsys):
     assert all(m["stages"][k]["status"] == "done" for k in m["stages"])
     assert m["versions"]["transformers"] and m["git"] is not None
     assert "data/eval_instructions.jsonl" in m["files"]
+    # stage 02 says where its time went, in the manifest and in its report
+    t02 = m["stages"]["02"]["timing"]
+    assert 0 < t02["load_seconds"] and 0 < t02["run_dpo_seconds"] <= m["stages"]["02"]["seconds"]
+    assert "model load" in (reports / "02_train.html").read_text()
     assert m["approval"]["adapter_approved"] == (gate["verdict"] == "PASS")
     base, trained = read_jsonl(paths.eval_base), read_jsonl(paths.eval_trained)
     assert [r["instruction"] for r in base] == [r["instruction"] for r in trained]  # same raw prompts

@@ -23,10 +23,10 @@ def run(run_dir, cfg, *, overwrite: bool = False) -> StageResult:
     guard_info = guard.guard_report(loaded)
     t_train = time.time()
     session = run_dpo(loaded, run_paths(run_dir).preference_pairs, run_dir, cfg)
-    facts = {k: v for k, v in session.summary.items() if k != "log"}
     # where the stage's time went, beside the trainer's own runtime: the model load, and
     # run_dpo as a whole (pair tokenisation, trainer setup, reference pass, steps, adapter save)
-    facts["timing"] = {"load_seconds": load_seconds, "run_dpo_seconds": round(time.time() - t_train, 2)}
+    session.summary["timing"] = {"load_seconds": load_seconds, "run_dpo_seconds": round(time.time() - t_train, 2)}
+    facts = {k: v for k, v in session.summary.items() if k != "log"}
     finish(run_dir, "02", cfg, **facts)
     return StageResult("02", True, facts, {"loaded": loaded, "guard": guard_info, "summary": session.summary,
                                            "training_log": session.log})
