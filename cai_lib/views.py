@@ -282,6 +282,33 @@ def rates_table(rates_df, fields=("strict", "loose", "form")):
     return table(rows)
 
 
+def three_arm_table(frame, fields=("strict", "loose", "form")):
+    """arms.three_arm_rates_frame as 'rate [Wilson CI]' strings, like rates_table (no index column)."""
+    rows = []
+    for _, r in frame.iterrows():
+        row = {"arm": r["arm"], "type": r["type"], "n": int(r["n"])}
+        for f in fields:
+            row[f] = f"{r[f]:.2f} {r[f + '_ci']}"
+        rows.append(row)
+    return table(rows)
+
+
+def in_context_table(frame):
+    """arms.in_context_frame with readable headers and p-values (no index column)."""
+    rows = []
+    for _, r in frame.iterrows():
+        rows.append({
+            "type": r["type"], "n": int(r["n"]), "base few-shot": f"{r['few_shot']:.2f}",
+            "trained raw": f"{r['trained_raw']:.2f}",
+            "difference [Newcombe 95%]": f"{r['diff']:+.2f} {r['diff_ci']}",
+            "[bootstrap 95%]": r["diff_ci_bootstrap"],
+            "few-shot only / trained only": f"{int(r['b_fewshot_only'])} / {int(r['c_trained_only'])}",
+            "McNemar p": pvalue(r["mcnemar_p"]),
+            "p (BH-adjusted)": pvalue(r["mcnemar_p_bh"]),
+            "Cohen's h": f"{r['cohens_h']:.2f}"})
+    return table(rows)
+
+
 def paired_stats_table(s: dict, field: str):
     rows = [
         {"statistic": "items (paired)", "value": s["n"]},

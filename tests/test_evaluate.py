@@ -194,6 +194,14 @@ def test_stage03_writes_the_fewshot_arm_and_stats_fields(tmp_path, tiny_model_di
     frame = arms.three_arm_rates_frame(arms.load_arms(paths))
     assert list(frame[frame["type"] == "all"]["arm"]) == ["base · raw", "base · few-shot", "trained · raw"]
     assert list(arms.in_context_frame(block["in_context"])["type"]) == ["all", "qa", "response"]
+    # what the reports show: rate [interval] strings and readable p-values, no index column
+    from cai_lib import views
+    shown = views.three_arm_table(frame).data
+    first = frame.iloc[0]
+    assert shown.iloc[0]["strict"] == f"{first['strict']:.2f} {first['strict_ci']}"
+    ic_shown = views.in_context_table(arms.in_context_frame(block["in_context"])).data
+    assert list(ic_shown["type"]) == ["all", "qa", "response"] and ic_shown.iloc[0]["p (BH-adjusted)"] == "—"
+    assert views.in_context_table(arms.in_context_frame(block["in_context"])).to_html().count("row_heading") == 0
     # a run made before the arm existed: stats say so instead of failing
     paths.eval_fewshot.unlink()
     assert arms.stats_fields(paths, cfg)["in_context"] is None
