@@ -68,6 +68,9 @@ def test_cai_run_end_to_end_tiny(tmp_path, tiny_model_dir, capsys):
     assert all(m["stages"][k]["status"] == "done" for k in m["stages"])
     assert m["versions"]["transformers"] and m["git"] is not None
     assert "data/eval_instructions.jsonl" in m["files"]
+    t01 = m["stages"]["01"]["timing"]
+    assert set(t01) == {"split_seconds", "load_seconds", "pairs_seconds"}
+    assert sum(t01.values()) <= m["stages"]["01"]["seconds"]
     # stage 02 says where its time went, in the manifest and in its report
     t02 = m["stages"]["02"]["timing"]
     assert 0 < t02["load_seconds"] and 0 < t02["run_dpo_seconds"] <= m["stages"]["02"]["seconds"]

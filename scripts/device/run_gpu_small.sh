@@ -24,7 +24,7 @@ import json, sys
 st = json.load(open(sys.argv[1]))["stages"]
 secs = {k: v.get("seconds") for k, v in sorted(st.items())}
 print("stage seconds:", secs, "total", round(sum(v or 0 for v in secs.values()), 1))
-for k in ("00", "02", "03"):
+for k in ("00", "01", "02", "03"):
     print(f"timing {k}:", st.get(k, {}).get("timing"))
 print("training:", {k: st.get("02", {}).get(k) for k in ("max_steps", "train_seconds", "train_runtime_trainer")})
 PY
