@@ -13,12 +13,8 @@ from ..runs import run_paths
 def run(run_dir, cfg, *, overwrite: bool = False) -> StageResult:
     from .. import baseline, guard, models
 
-    import time
-
     begin(run_dir, "00", cfg, overwrite=overwrite)
-    t_load = time.time()
     loaded = models.load_configured(cfg)
-    load_seconds = round(time.time() - t_load, 2)
     guard_info = guard.guard_report(loaded)
     paths = run_paths(run_dir)
     summary = baseline.run_baseline(loaded, cfg, paths)
@@ -26,7 +22,7 @@ def run(run_dir, cfg, *, overwrite: bool = False) -> StageResult:
     records = baseline.load_records(paths)
     facts = {"decoding": summary["decoding"], "determinism": summary["determinism"],
              "throughput": summary["throughput"], "guard": guard_info, "backend": loaded.backend,
-             "timing": {**summary["timing"], "load_seconds": load_seconds}}
+             "timing": {**summary["timing"], "load_seconds": loaded.info.get("load_seconds")}}
     finish(run_dir, "00", cfg, **facts)
     return StageResult("00", True, facts, {"loaded": loaded, "guard": guard_info, "summary": summary,
                                            "records": records})

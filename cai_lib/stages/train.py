@@ -17,15 +17,14 @@ def run(run_dir, cfg, *, overwrite: bool = False) -> StageResult:
     import time
 
     begin(run_dir, "02", cfg, overwrite=overwrite)
-    t_load = time.time()
     loaded = models.load_configured(cfg, purpose="train")
-    load_seconds = round(time.time() - t_load, 2)
     guard_info = guard.guard_report(loaded)
     t_train = time.time()
     session = run_dpo(loaded, run_paths(run_dir).preference_pairs, run_dir, cfg)
     # where the stage's time went, beside the trainer's own runtime: the model load, and
     # run_dpo as a whole (pair tokenisation, trainer setup, reference pass, steps, adapter save)
-    session.summary["timing"] = {"load_seconds": load_seconds, "run_dpo_seconds": round(time.time() - t_train, 2)}
+    session.summary["timing"] = {"load_seconds": loaded.info.get("load_seconds"),
+                                 "run_dpo_seconds": round(time.time() - t_train, 2)}
     facts = {k: v for k, v in session.summary.items() if k != "log"}
     finish(run_dir, "02", cfg, **facts)
     return StageResult("02", True, facts, {"loaded": loaded, "guard": guard_info, "summary": session.summary,
